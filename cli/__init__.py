@@ -1,0 +1,1 @@
+"""The `hf-sparseout` command line (installed as the ``hf_sparseout_cli`` package)."""

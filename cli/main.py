@@ -1,0 +1,42 @@
+"""The Typer application behind the `hf-sparseout` console script."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from hf_sparseout.version import __version__
+from hf_sparseout_cli.env_cmd import env
+
+app = typer.Typer(
+    name="hf-sparseout",
+    help="Sparseout for Hugging Face transformers: patch models, measure activation sparsity, fine-tune.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        typer.echo(f"hf-sparseout {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_show_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
+) -> None:
+    """Sparseout for Hugging Face transformers."""
+
+
+app.command("env")(env)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

@@ -1,0 +1,35 @@
+"""``nn.Module`` wrappers around the ops."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from hf_sparseout.ops.sparseout import check_args, sparseout
+
+
+class Sparseout(nn.Module):
+    """Sparseout as a module: a drop-in for ``nn.Dropout`` with an extra exponent ``q``.
+
+    ``.p`` and ``.q`` are plain attributes (transformers reads ``module.p`` and passes it
+    to its attention functions). Identity in eval mode.
+
+    Example:
+        >>> layer = Sparseout(p=0.1, q=1.5)
+        >>> layer
+        Sparseout(p=0.1, q=1.5, inplace=False, gradient='reference')
+    """
+
+    def __init__(self, p: float = 0.5, q: float = 2.0, inplace: bool = False, gradient: str = "reference") -> None:
+        super().__init__()
+        check_args(p, q, gradient)
+        self.p = p
+        self.q = q
+        self.inplace = inplace
+        self.gradient = gradient
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return sparseout(input, self.p, self.q, self.training, self.inplace, self.gradient)
+
+    def extra_repr(self) -> str:
+        return f"p={float(self.p)!r}, q={float(self.q)!r}, inplace={self.inplace}, gradient={self.gradient!r}"

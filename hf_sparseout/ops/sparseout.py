@@ -1,0 +1,173 @@
+"""The Sparseout op (Khan & Stavness, 2019): eager PyTorch implementation.
+
+With drop probability ``p`` and a keep mask ``m ~ Bernoulli(1 - p)``::
+
+    noise = m / (1 - p) - 1
+    out   = x + sign(x) * |x| ** (q / 2) * noise        (training only)
+
+``q = 2`` is inverted dropout (and is routed to :func:`torch.nn.functional.dropout`,
+so it is bit-identical to it under the same RNG state). ``E[out] = x`` and
+``Var[out] = p / (1 - p) * |x| ** q``.
+
+Two backward rules are offered:
+
+* ``gradient="reference"`` (default) reproduces the authors' code: the input gradient
+  is ``grad_out * factor`` with ``factor = out / x = 1 + |x| ** ((q - 2) / 2) * noise``
+  treated as a constant.
+* ``gradient="exact"`` back-propagates the true derivative
+  ``d out / d x = 1 + (q / 2) * |x| ** (q / 2 - 1) * noise``.
+
+Numerical safety. For ``q < 2`` both rules contain a negative power of ``|x|``, which is
+infinite at ``x = 0`` (the authors add ``1e-12`` to ``|x|``, which is 0 in float16 and
+still gives a factor of ``1e9`` at ``q = 0.5``). Here the power term is clamped to at most
+:data:`MAX_SCALE` (``1e4``), so ``|factor| <= 1 + MAX_SCALE * max(1, p / (1 - p))`` for
+every input. The clamp only changes values where ``|x| ** e > 1e4``, i.e. for ``q = 0.5``
+where ``|x| < 4.6e-6``. Half-precision inputs are computed in float32 and the result is
+saturated to the dtype's finite range instead of overflowing to ``inf``.
+
+Memory. Backward saves the input and a 1-byte boolean mask (``q != 2``), or only the mask
+(``q == 2``, native dropout): never a full-size float noise or factor tensor.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+MAX_SCALE: float = 1e4
+"""Upper bound on the ``|x| ** e`` term of both gradient rules (see module docstring)."""
+
+GRADIENT_MODES: tuple[str, ...] = ("reference", "exact")
+
+
+def check_args(p: float, q: float, gradient: str = "reference") -> None:
+    """Raise ``ValueError`` naming the bad value if ``p``, ``q`` or ``gradient`` is invalid."""
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not math.isfinite(p) or not 0.0 <= p <= 1.0:
+        raise ValueError(f"sparseout: p must be a finite probability in [0, 1], got p={p!r}")
+    if isinstance(q, bool) or not isinstance(q, (int, float)) or not math.isfinite(q) or q < 0.0:
+        raise ValueError(f"sparseout: q must be a finite number >= 0, got q={q!r}")
+    if gradient not in GRADIENT_MODES:
+        raise ValueError(f"sparseout: gradient must be one of {GRADIENT_MODES}, got gradient={gradient!r}")
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the op computes in: float32 for 16-bit floats, the input dtype otherwise."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def draw_mask(x: torch.Tensor, p: float) -> torch.Tensor:
+    """Draw the keep mask ``m ~ Bernoulli(1 - p)`` as a bool tensor shaped like ``x``.
+
+    Consumes the RNG of ``x``'s device; re-seeding and calling again gives the same mask,
+    which is how tests and activation checkpointing reproduce it.
+    """
+    return torch.empty(x.shape, dtype=torch.bool, device=x.device).bernoulli_(1.0 - float(p))
+
+
+def _noise(mask: torch.Tensor, p: float, dtype: torch.dtype) -> torch.Tensor:
+    return mask.to(dtype).mul_(1.0 / (1.0 - p)).sub_(1.0)
+
+
+def _saturate(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    fmax = torch.finfo(dtype).max
+    return t.clamp_(-fmax, fmax).to(dtype)
+
+
+def _signed_power(xc: torch.Tensor, q: float) -> torch.Tensor:
+    """``sign(x) * |x| ** (q / 2)``, finite at ``x = 0`` for every ``q >= 0``."""
+    if q == 1.0:
+        mag = xc.abs().sqrt_()
+    elif q == 4.0:
+        return xc * xc.abs()
+    else:
+        mag = xc.abs().pow_(q / 2.0)
+    return torch.copysign(mag, xc)
+
+
+def forward_math(x: torch.Tensor, mask: torch.Tensor, p: float, q: float) -> torch.Tensor:
+    """Sparseout output for a given keep mask (no autograd), in ``x.dtype``."""
+    cdt = compute_dtype(x.dtype)
+    xc = x.to(cdt)
+    out = torch.addcmul(xc, _signed_power(xc, q), _noise(mask, p, cdt))
+    return _saturate(out, x.dtype)
+
+
+def grad_factor(x: torch.Tensor, mask: torch.Tensor, p: float, q: float, gradient: str) -> torch.Tensor:
+    """The backward multiplier (in the compute dtype) for either gradient rule."""
+    cdt = compute_dtype(x.dtype)
+    ax = x.to(cdt).abs()
+    if gradient == "reference":
+        coef, expo = 1.0, (q - 2.0) / 2.0
+    else:
+        coef, expo = q / 2.0, q / 2.0 - 1.0
+    scale = ax.pow_(expo).clamp_(max=MAX_SCALE)
+    if coef != 1.0:
+        scale.mul_(coef)
+    return scale.mul_(_noise(mask, p, cdt)).add_(1.0)
+
+
+class _SparseoutFunction(torch.autograd.Function):
+    """Autograd function for ``q != 2``, ``0 < p < 1``: saves the input and a bool mask."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, p: float, q: float, gradient: str, inplace: bool) -> torch.Tensor:
+        mask = draw_mask(x, p)
+        out = forward_math(x, mask, p, q)
+        ctx.p, ctx.q, ctx.gradient = p, q, gradient
+        if inplace:
+            ctx.save_for_backward(x.clone(), mask)
+            x.copy_(out)
+            ctx.mark_dirty(x)
+            return x
+        ctx.save_for_backward(x, mask)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        x, mask = ctx.saved_tensors
+        factor = grad_factor(x, mask, ctx.p, ctx.q, ctx.gradient)
+        grad_in = _saturate(factor.mul_(grad_out), grad_out.dtype)
+        return grad_in, None, None, None, None
+
+
+def sparseout(
+    input: torch.Tensor,
+    p: float = 0.5,
+    q: float = 2.0,
+    training: bool = True,
+    inplace: bool = False,
+    gradient: str = "reference",
+) -> torch.Tensor:
+    """Apply Sparseout to ``input``; see the module docstring for the formula and gradients.
+
+    Args:
+        input: a floating-point tensor of any shape.
+        p: drop probability in ``[0, 1]``.
+        q: the norm exponent, ``>= 0``; ``q < 2`` favours sparse activations, ``q > 2`` dense.
+        training: identity when ``False`` (as in eval mode).
+        inplace: write the result into ``input``.
+        gradient: ``"reference"`` (the authors' backward) or ``"exact"`` (the true derivative).
+
+    Returns:
+        A tensor of ``input``'s shape and dtype; ``input`` itself when ``training`` is
+        ``False`` or ``p == 0``; zeros when ``p == 1``.
+
+    Raises:
+        ValueError: ``p``, ``q`` or ``gradient`` out of range.
+        TypeError: ``input`` is not a floating-point tensor.
+
+    Example:
+        >>> import torch, hf_sparseout
+        >>> y = hf_sparseout.sparseout(torch.randn(4, 8), p=0.1, q=1.5)
+    """
+    check_args(p, q, gradient)
+    if not isinstance(input, torch.Tensor) or not input.is_floating_point():
+        got = input.dtype if isinstance(input, torch.Tensor) else type(input).__name__
+        raise TypeError(f"sparseout: input must be a floating-point tensor, got {got}")
+    if not training or p == 0.0:
+        return input
+    if q == 2.0 or p == 1.0:
+        return F.dropout(input, p=float(p), training=True, inplace=inplace)
+    return _SparseoutFunction.apply(input, float(p), float(q), gradient, inplace)
