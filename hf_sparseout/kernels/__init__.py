@@ -1,0 +1,1 @@
+"""Fused Sparseout kernels (Triton, CUDA) and their dispatch."""

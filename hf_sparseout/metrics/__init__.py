@@ -1,0 +1,1 @@
+"""Activation-sparsity metrics, the streaming SparsityMonitor, plots and the `evaluate` module."""

@@ -1,0 +1,1 @@
+"""The patcher: turns every dropout site of a transformers model into Sparseout."""
