@@ -1,1 +1,7 @@
 """The patcher: turns every dropout site of a transformers model into Sparseout."""
+
+from hf_sparseout.patcher.config import SparseoutConfig
+from hf_sparseout.patcher.model import get_report, inspect, is_patched, patch, unpatch
+from hf_sparseout.patcher.report import Site, SiteReport
+
+__all__ = ["Site", "SiteReport", "SparseoutConfig", "get_report", "inspect", "is_patched", "patch", "unpatch"]

@@ -1,0 +1,260 @@
+"""``inspect``, ``patch``, ``unpatch``, ``is_patched``: one matching pass, an exact undo."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from hf_sparseout.layers import Sparseout
+from hf_sparseout.patcher.config import SparseoutConfig
+from hf_sparseout.patcher.patterns import abbreviate, name_matches, select, unmatched
+from hf_sparseout.patcher.probe import Candidate, run_probe
+from hf_sparseout.patcher.redirect import InsertHook, RedirectingForward, SiteP
+from hf_sparseout.patcher.report import Site, SiteReport
+
+STATE_ATTR = "_hf_sparseout_state"
+SUPPORTED_ATTENTION = (None, "eager", "sdpa")
+_MISSING = object()
+
+
+@dataclass
+class _Plan:
+    report: SiteReport
+    candidates: dict[str, Candidate]
+    inserts: list[str]
+
+
+@dataclass
+class PatchState:
+    """What :func:`patch` changed on a model, kept on it so :func:`unpatch` can undo it exactly."""
+
+    config: SparseoutConfig
+    report: SiteReport
+    undo: list[tuple[str, Any, str, Any]] = field(default_factory=list)
+
+
+def is_patched(model: nn.Module) -> bool:
+    """Whether ``model`` is currently patched by hf-sparseout."""
+    return getattr(model, STATE_ATTR, None) is not None
+
+
+def _attn_implementation(model: nn.Module) -> str | None:
+    config = getattr(model, "config", None)
+    return getattr(config, "_attn_implementation", None) if config is not None else None
+
+
+def _suggest_insert_points(model: nn.Module) -> list[str]:
+    """Suffixes of activation modules (e.g. ``mlp.act_fn``), the natural places for new sites."""
+    suffixes: list[str] = []
+    for name, module in model.named_modules():
+        cls = type(module)
+        is_activation = cls.__module__.startswith("transformers.activations") or cls.__module__.endswith(
+            "modules.activation"
+        )
+        if is_activation and name:
+            suffix = re.sub(r"^.*?\.\d+\.", "", name)
+            if suffix not in suffixes:
+                suffixes.append(suffix)
+    return suffixes
+
+
+def _kind(cand: Candidate) -> str:
+    if cand.attention_calls:
+        return "config-only" if cand.p == 0 and not cand.is_module else "attention"
+    if cand.is_module:
+        return "module"
+    return "config-only" if cand.p == 0 else "functional"
+
+
+def _plan(model: nn.Module, config: SparseoutConfig, example_inputs: dict[str, Any] | None) -> _Plan:
+    if is_patched(model):
+        raise ValueError("this model is already patched by hf-sparseout: call hf_sparseout.unpatch(model) first")
+    impl = _attn_implementation(model)
+    probe = run_probe(model, example_inputs)
+    candidates = {c.name: c for c in probe.candidates if c.is_module or c.reached}
+    sites = [
+        Site(c.name, _kind(c), c.p, c.module_calls + c.functional_calls + c.attention_calls)
+        for c in candidates.values()
+    ]
+    names = [s.name for s in sites]
+    _check_patterns(config, names, model)
+
+    for site in sites:
+        if site.kind == "attention" and config.attention == "sparseout" and impl not in SUPPORTED_ATTENTION:
+            site.reason = f"attention implementation {impl!r} is not supported: load with attn_implementation='sdpa'"
+        elif not select(config.targets, site.name):
+            site.reason = "not in targets"
+        elif config.exclude is not None and select(config.exclude, site.name):
+            site.reason = "excluded"
+        elif site.kind == "attention" and config.attention == "keep":
+            site.reason = "attention='keep'"
+        else:
+            new_p, q = (site.p if config.p is None else config.p), config.q
+            for pattern, values in config.overrides.items():
+                if name_matches(pattern, site.name):
+                    new_p, q = values.get("p", new_p), values.get("q", q)
+            if new_p == 0:
+                site.reason = "p = 0: nothing to apply (set p or an override to enable)"
+            else:
+                site.sparseout, site.new_p, site.q = True, float(new_p), float(q)
+                cand = candidates[site.name]
+                site.module = site.name if cand.is_module else f"{site.name}_sparseout"
+
+    inserts = [n for n, _ in model.named_modules() if n and config.insert is not None and select(config.insert, n)]
+    for name in inserts:
+        new_p, q = config.p or 0.0, config.q
+        for pattern, values in config.overrides.items():
+            if name_matches(pattern, name):
+                new_p, q = values.get("p", new_p), values.get("q", q)
+        sites.append(Site(name, "inserted", 0.0, 0, True, float(new_p), float(q), None, f"{name}.sparseout"))
+
+    for u in probe.unattributed:
+        reason = "its probability is a literal or computed value, not a module attribute: cannot be redirected"
+        sites.append(Site(u.name, "unattributed", u.p, u.calls, reason=reason))
+    report = SiteReport(type(model).__name__, impl, config.to_dict(), sites)
+    return _Plan(report, candidates, inserts)
+
+
+def _check_patterns(config: SparseoutConfig, names: list[str], model: nn.Module) -> None:
+    available = f"available sites: {abbreviate(names)}" if names else "the model has no dropout sites"
+    for field_name in ("targets", "exclude"):
+        missing = unmatched(getattr(config, field_name), names)
+        if missing:
+            raise ValueError(f"{field_name} pattern(s) {missing} match no dropout site; {available}")
+    missing = [pat for pat in config.overrides if not any(name_matches(pat, n) for n in names)]
+    if missing:
+        raise ValueError(f"overrides pattern(s) {missing} match no dropout site; {available}")
+    if config.insert is not None:
+        module_names = [n for n, _ in model.named_modules() if n]
+        missing = unmatched(config.insert, module_names)
+        if missing:
+            hint = _suggest_insert_points(model)
+            raise ValueError(
+                f"insert pattern(s) {missing} match no module; activation modules: {abbreviate(hint)}; "
+                f"all modules: {abbreviate(module_names, 20)}"
+            )
+
+
+def inspect(
+    model: nn.Module, config: SparseoutConfig | None = None, example_inputs: dict[str, Any] | None = None
+) -> SiteReport:
+    """List every dropout site of ``model`` and what ``config`` would do to it (a dry run).
+
+    A probe forward pass (training mode, no gradients, RNG state preserved) finds the sites;
+    ``example_inputs`` replaces its default one-sequence batch of token ids. Raises
+    ``ValueError`` if a pattern in ``config`` matches nothing.
+    """
+    return _plan(model, config or SparseoutConfig(), example_inputs).report
+
+
+def patch(model: nn.Module, config: SparseoutConfig, example_inputs: dict[str, Any] | None = None) -> SiteReport:
+    """Make the dropout sites selected by ``config`` Sparseout, in place; return the report.
+
+    Module sites are swapped for :class:`~hf_sparseout.Sparseout` modules; float probabilities
+    (functional and attention dropout) become markers that the owning module's forward redirects
+    to a Sparseout module registered beside them; ``insert`` adds forward hooks. Parameters and
+    ``state_dict`` are untouched, eval outputs are unchanged, and :func:`unpatch` restores the
+    model exactly. Only this instance changes: no class or global function is modified.
+
+    Raises:
+        ValueError: a pattern matches nothing, the model is already patched, or nothing would be
+            patched (the message suggests ``insert`` points).
+    """
+    plan = _plan(model, config, example_inputs)
+    report = plan.report
+    if not report.sparseout_sites:
+        hint = _suggest_insert_points(model)
+        plain = [s.name for s in report.sites if s.p > 0]
+        raise ValueError(
+            f"nothing to patch in {report.model}: "
+            + (
+                f"dropout sites {abbreviate(plain, 10)} are all excluded. "
+                if plain
+                else "it has no dropout with p > 0. "
+            )
+            + (
+                f"Add new Sparseout sites with insert, e.g. SparseoutConfig(p=0.1, insert={hint[:1]!r})"
+                if hint
+                else "Add new Sparseout sites with SparseoutConfig(p=..., insert=[<module names>])"
+            )
+        )
+    state = PatchState(config, report)
+    readers: set[str] = set()
+    try:
+        for site in report.sparseout_sites:
+            module = Sparseout(p=site.new_p, q=site.q, gradient=config.gradient)
+            module.p = SiteP(site.new_p, site.name, module)
+            if site.kind == "inserted":
+                target = model.get_submodule(site.name)
+                module.train(target.training)
+                target.add_module("sparseout", module)
+                handle = target.register_forward_hook(InsertHook(module))
+                state.undo.append(("insert", target, "sparseout", handle))
+                continue
+            cand = plan.candidates[site.name]
+            owner = model.get_submodule(cand.owner)
+            original = getattr(owner, cand.attr)
+            readers |= cand.readers
+            if cand.is_module:
+                module.inplace = original.inplace
+                module.train(original.training)
+                setattr(owner, cand.attr, module)
+                state.undo.append(("setattr", owner, cand.attr, original))
+            else:
+                module.train(owner.training)
+                child = f"{cand.attr}_sparseout"
+                if child in owner._modules:
+                    raise ValueError(f"{cand.owner or type(model).__name__} already has a submodule {child!r}")
+                owner.add_module(child, module)
+                state.undo.append(("delmodule", owner, child, None))
+                object.__setattr__(owner, cand.attr, module.p)
+                state.undo.append(("setattr", owner, cand.attr, original))
+        for name in sorted(readers):
+            reader = model.get_submodule(name)
+            previous = reader.__dict__.get("forward", _MISSING)
+            reader.forward = RedirectingForward(reader.forward)
+            state.undo.append(("forward", reader, "forward", previous))
+    except BaseException:
+        _undo(state)
+        raise
+    report.patched = True
+    object.__setattr__(model, STATE_ATTR, state)
+    return report
+
+
+def _undo(state: PatchState) -> None:
+    for action, target, name, value in reversed(state.undo):
+        if action == "setattr":
+            setattr(target, name, value)
+        elif action == "delmodule":
+            delattr(target, name)
+        elif action == "insert":
+            value.remove()
+            delattr(target, name)
+        elif action == "forward":
+            if value is _MISSING:
+                del target.forward
+            else:
+                target.forward = value
+    state.undo.clear()
+
+
+def unpatch(model: nn.Module) -> nn.Module:
+    """Undo :func:`patch` exactly: original modules, attributes and forwards come back."""
+    state = getattr(model, STATE_ATTR, None)
+    if state is None:
+        raise ValueError("this model is not patched by hf-sparseout")
+    _undo(state)
+    object.__delattr__(model, STATE_ATTR)
+    return model
+
+
+def get_report(model: nn.Module) -> SiteReport:
+    """The report of the patch currently applied to ``model``."""
+    state = getattr(model, STATE_ATTR, None)
+    if state is None:
+        raise ValueError("this model is not patched by hf-sparseout")
+    return state.report

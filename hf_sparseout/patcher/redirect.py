@@ -1,0 +1,118 @@
+"""Redirect dropout calls whose ``p`` is a site marker to that site's Sparseout module.
+
+transformers reads many dropout probabilities as floats (``F.dropout(h, p=self.dropout)``,
+``attention_interface(..., dropout=self.attn_dropout.p)``, SDPA's ``dropout_p``). The patcher
+replaces those floats with :class:`SiteP`, a ``float`` that also carries its Sparseout module,
+and runs the owning module's forward under :class:`RedirectMode`, a thread-local
+``TorchFunctionMode`` that sends exactly those calls to the site's module (through its
+``__call__``, so hooks such as the sparsity monitor see them). Calls with ordinary floats pass
+through untouched, so other models and threads are unaffected.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+
+class SiteP(float):
+    """A dropout probability that knows which Sparseout module should apply it."""
+
+    site: str
+    module: nn.Module
+
+    def __new__(cls, value: float, site: str, module: nn.Module) -> SiteP:
+        obj = super().__new__(cls, value)
+        obj.site = site
+        obj.module = module
+        return obj
+
+    def __repr__(self) -> str:
+        return float.__repr__(self)
+
+
+_DROPOUT_FUNCS = {F.dropout: ("input", "p", "training"), torch.dropout: ("input", "p", "train")}
+
+
+def _arg(args: tuple, kwargs: dict, index: int, name: str, default: Any) -> Any:
+    if name in kwargs:
+        return kwargs[name]
+    return args[index] if len(args) > index else default
+
+
+def attention_with_site(site: nn.Module, args: tuple, kwargs: dict) -> torch.Tensor:
+    """``scaled_dot_product_attention`` computed explicitly, with ``site`` on the probabilities."""
+    query, key, value = (_arg(args, kwargs, i, n, None) for i, n in enumerate(("query", "key", "value")))
+    attn_mask = _arg(args, kwargs, 3, "attn_mask", None)
+    is_causal = _arg(args, kwargs, 5, "is_causal", False)
+    scale = _arg(args, kwargs, 6, "scale", None)
+    if kwargs.get("enable_gqa", False) and key.size(-3) != query.size(-3):
+        groups = query.size(-3) // key.size(-3)
+        key, value = key.repeat_interleave(groups, dim=-3), value.repeat_interleave(groups, dim=-3)
+    scale = 1.0 / math.sqrt(query.size(-1)) if scale is None else scale
+    scores = torch.matmul(query, key.transpose(-2, -1)) * scale
+    q_len, k_len = query.size(-2), key.size(-2)
+    if is_causal:
+        causal = torch.ones(q_len, k_len, dtype=torch.bool, device=query.device).tril()
+        scores = scores.masked_fill(~causal, float("-inf"))
+    if attn_mask is not None:
+        scores = scores.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool else scores + attn_mask
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).nan_to_num(0.0).to(query.dtype)
+    return torch.matmul(site(probs), value)
+
+
+class RedirectMode(TorchFunctionMode):
+    """Send dropout and SDPA calls whose probability is a :class:`SiteP` to its Sparseout module."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        spec = _DROPOUT_FUNCS.get(func)
+        if spec is not None:
+            p = _arg(args, kwargs, 1, spec[1], 0.5)
+            if isinstance(p, SiteP):
+                x = _arg(args, kwargs, 0, spec[0], None)
+                return p.module(x) if _arg(args, kwargs, 2, spec[2], True) else x
+        elif func is F.scaled_dot_product_attention:
+            p = _arg(args, kwargs, 4, "dropout_p", 0.0)
+            if isinstance(p, SiteP):
+                if p.module.training and p > 0:
+                    return attention_with_site(p.module, args, kwargs)
+                if "dropout_p" in kwargs:
+                    kwargs = {**kwargs, "dropout_p": 0.0}
+                else:
+                    args = (*args[:4], 0.0, *args[5:])
+        return func(*args, **kwargs)
+
+
+class RedirectingForward:
+    """An instance-level ``forward`` that runs the previous one under :class:`RedirectMode`.
+
+    A callable object rather than a closure, so ``copy.deepcopy`` of a patched model re-binds
+    it to the copy.
+    """
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        functools.update_wrapper(self, inner)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        with RedirectMode():
+            return self.inner(*args, **kwargs)
+
+
+class InsertHook:
+    """A forward hook that applies a Sparseout module to its module's tensor output."""
+
+    def __init__(self, site: nn.Module) -> None:
+        self.site = site
+
+    def __call__(self, module: nn.Module, args: Any, output: Any) -> Any:
+        if isinstance(output, torch.Tensor) and output.is_floating_point():
+            return self.site(output)
+        return output
