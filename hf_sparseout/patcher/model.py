@@ -61,6 +61,15 @@ def _suggest_insert_points(model: nn.Module) -> list[str]:
     return suffixes
 
 
+def _site_module_name(cand: Candidate) -> str:
+    """Where a site's Sparseout module is registered in the module tree."""
+    if cand.is_module:
+        return cand.name
+    if cand.in_config:
+        return f"sparseout_config_{cand.attr}"
+    return f"{cand.owner}.{cand.attr}_sparseout" if cand.owner else f"{cand.attr}_sparseout"
+
+
 def _kind(cand: Candidate) -> str:
     if cand.attention_calls:
         return "config-only" if cand.p == 0 and not cand.is_module else "attention"
@@ -101,7 +110,7 @@ def _plan(model: nn.Module, config: SparseoutConfig, example_inputs: dict[str, A
             else:
                 site.sparseout, site.new_p, site.q = True, float(new_p), float(q)
                 cand = candidates[site.name]
-                site.module = site.name if cand.is_module else f"{site.name}_sparseout"
+                site.module = _site_module_name(cand)
 
     inserts = [n for n, _ in model.named_modules() if n and config.insert is not None and select(config.insert, n)]
     for name in inserts:
@@ -195,7 +204,7 @@ def patch(model: nn.Module, config: SparseoutConfig, example_inputs: dict[str, A
                 state.undo.append(("insert", target, "sparseout", handle))
                 continue
             cand = plan.candidates[site.name]
-            owner = model.get_submodule(cand.owner)
+            owner = model.config if cand.in_config else model.get_submodule(cand.owner)
             original = getattr(owner, cand.attr)
             readers |= cand.readers
             if cand.is_module:
@@ -204,13 +213,14 @@ def patch(model: nn.Module, config: SparseoutConfig, example_inputs: dict[str, A
                 setattr(owner, cand.attr, module)
                 state.undo.append(("setattr", owner, cand.attr, original))
             else:
-                module.train(owner.training)
-                child = f"{cand.attr}_sparseout"
-                if child in owner._modules:
-                    raise ValueError(f"{cand.owner or type(model).__name__} already has a submodule {child!r}")
-                owner.add_module(child, module)
-                state.undo.append(("delmodule", owner, child, None))
-                object.__setattr__(owner, cand.attr, module.p)
+                parent_name, _, child = site.module.rpartition(".")
+                parent = model.get_submodule(parent_name)
+                module.train(parent.training)
+                if child in parent._modules:
+                    raise ValueError(f"{parent_name or type(model).__name__} already has a submodule {child!r}")
+                parent.add_module(child, module)
+                state.undo.append(("delmodule", parent, child, None))
+                setattr(owner, cand.attr, module.p)
                 state.undo.append(("setattr", owner, cand.attr, original))
         for name in sorted(readers):
             reader = model.get_submodule(name)

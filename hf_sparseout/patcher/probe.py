@@ -44,6 +44,7 @@ class Candidate:
     attr: str
     p: float
     is_module: bool
+    in_config: bool = False
     module_calls: int = 0
     functional_calls: int = 0
     attention_calls: int = 0
@@ -154,7 +155,20 @@ def find_candidates(model: nn.Module) -> list[Candidate]:
             if "drop" in attr.lower() and type(value) is float and is_finite_probability(value):
                 site = f"{name}.{attr}" if name else attr
                 found.append(Candidate(site, name, attr, value, is_module=False))
+    config = getattr(model, "config", None)
+    if config is not None:
+        # Some models (Falcon) read `self.config.hidden_dropout` at forward time.
+        for attr, value in vars(config).items():
+            if "drop" in attr.lower() and type(value) is float and is_finite_probability(value):
+                found.append(Candidate(f"config.{attr}", "", attr, value, is_module=False, in_config=True))
     return found
+
+
+def holder(model: nn.Module, cand: Candidate) -> Any:
+    """The object whose attribute holds ``cand``'s probability (a module, or the model's config)."""
+    if cand.in_config:
+        return model.config
+    return model.get_submodule(cand.name if cand.is_module else cand.owner)
 
 
 def default_inputs(model: nn.Module, seq_len: int = 8) -> dict[str, Any]:
@@ -203,7 +217,7 @@ def run_probe(model: nn.Module, example_inputs: dict[str, Any] | None = None) ->
             handles.append(module.register_forward_pre_hook(push(name)))
             handles.append(module.register_forward_hook(pop, always_call=True))
         for cand in candidates:
-            target = model.get_submodule(cand.name) if cand.is_module else model.get_submodule(cand.owner)
+            target = holder(model, cand)
             attr = "p" if cand.is_module else cand.attr
             saved_p.append((target, attr, getattr(target, attr)))
             setattr(target, attr, _ProbeP(cand.p, cand))
