@@ -36,6 +36,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from hf_sparseout.ops import backend as _backend
+
 MAX_SCALE: float = 1e4
 """Upper bound on the ``|x| ** e`` term of both gradient rules (see module docstring)."""
 
@@ -170,4 +172,6 @@ def sparseout(
         return input
     if q == 2.0 or p == 1.0:
         return F.dropout(input, p=float(p), training=True, inplace=inplace)
+    if _backend.use_triton(input):  # CUDA + triton (hf_sparseout.ops.backend): the fused kernel
+        return _backend.fused_sparseout()(input, float(p), float(q), gradient, inplace)
     return _SparseoutFunction.apply(input, float(p), float(q), gradient, inplace)

@@ -1,0 +1,334 @@
+"""Fused Triton kernels for Sparseout: forward, backward and the keep mask.
+
+Semantics are those of :mod:`hf_sparseout.ops.sparseout` (read its docstring): ``noise = m / (1 - p) - 1``,
+``out = x + sign(x) * |x| ** (q / 2) * noise``, both gradient rules with the power term clamped at
+``MAX_SCALE``, float32 compute for 16-bit inputs and saturation of every result to the dtype's finite range.
+
+Random numbers. The keep mask is a pure function of ``(seed, ctr, element index)``: element ``e`` of a
+flat tensor uses output ``(e // SUB) % 4`` of one Philox-4x32-10 call keyed by ``seed`` with counter
+``(ctr_lo, ctr_hi, g_lo, g_hi)``, ``g = (e // (4 * SUB)) * SUB + e % SUB``. This is the counter layout of
+curand's ``curand_init(seed, subsequence=g, offset=4 * ctr)``, the scheme torch's own CUDA kernels use, so a
+``ctr`` taken from torch's generator (and advanced past, see :mod:`hf_sparseout.kernels.sparseout_op`) never
+reuses a counter of another kernel. The backward regenerates the mask instead of reading a saved one.
+
+Layout. One program handles ``4 * SUB`` consecutive elements as four contiguous sub-blocks, one per
+Philox output, so the random numbers land in the same registers as the elements they mask (no shuffles)
+and every load and store is a contiguous, vectorisable run. Indices are 64-bit (tensors over ``2 ** 31``
+elements work). The kernels run under Triton's interpreter (``TRITON_INTERPRET=1``) on CPU tensors too.
+
+This module imports ``triton``; the rest of the package does not.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+SUB: int = 1024
+"""Elements per sub-block; one program covers ``4 * SUB``. Part of the mask's definition (fwd and bwd agree)."""
+
+N_ROUNDS: int = 10
+"""Philox rounds (10, as curand's ``philox4_32_10`` and torch's kernels)."""
+
+RAND_BITS: int = 24
+"""A 32-bit draw keeps its top 24 bits: ``keep = (r >> 8) < thresh``, ``P(keep) = thresh / 2 ** 24``."""
+
+NUM_WARPS: int = 4
+
+_MAX_SCALE_DEFAULT = 1e4
+_FINFO_MAX = {
+    torch.float32: torch.finfo(torch.float32).max,
+    torch.bfloat16: torch.finfo(torch.bfloat16).max,
+    torch.float16: torch.finfo(torch.float16).max,
+}
+SUPPORTED_DTYPES: tuple[torch.dtype, ...] = tuple(_FINFO_MAX)
+
+# Power of |x| selectors (constexpr): exponent 0, 1/2, 1, 2, any other.
+_POW_ZERO, _POW_SQRT, _POW_ONE, _POW_TWO, _POW_ANY = 0, 1, 2, 3, 4
+
+
+def _pow_kind(e: float) -> int:
+    return {0.0: _POW_ZERO, 0.5: _POW_SQRT, 1.0: _POW_ONE, 2.0: _POW_TWO}.get(float(e), _POW_ANY)
+
+
+@triton.jit
+def _rand4(seed, ctr_lo, ctr_hi, pid, SUB: tl.constexpr, N_ROUNDS: tl.constexpr):
+    """Four uint32 random vectors of length SUB for program ``pid`` (one Philox call per lane)."""
+    g = pid * SUB + tl.arange(0, SUB).to(tl.int64)
+    g_lo = (g & 0xFFFFFFFF).to(tl.uint32)
+    g_hi = (g >> 32).to(tl.uint32)
+    c0 = (tl.zeros([SUB], dtype=tl.uint32) + ctr_lo).to(tl.uint32)
+    c1 = (tl.zeros([SUB], dtype=tl.uint32) + ctr_hi).to(tl.uint32)
+    return tl.philox(seed, c0, c1, g_lo, g_hi, N_ROUNDS)
+
+
+@triton.jit
+def _noise(r, thresh, noise_keep):
+    """``m / (1 - p) - 1`` from a uint32 draw: ``noise_keep`` where kept, ``-1`` where dropped."""
+    keep = (r >> 8).to(tl.int32) < thresh
+    return tl.where(keep, noise_keep, -1.0)
+
+
+@triton.jit
+def _abs_pow(a, e, KIND: tl.constexpr):
+    """``a ** e`` for ``a = |x| >= 0`` (or NaN), with torch.pow's values at 0 and inf."""
+    if KIND == 0:
+        return tl.full(a.shape, 1.0, tl.float32)
+    elif KIND == 1:
+        return tl.sqrt(a)
+    elif KIND == 2:
+        return a
+    elif KIND == 3:
+        return a * a
+    else:
+        return tl.exp2(e * tl.log2(a))
+
+
+@triton.jit
+def _fwd_one(x, r, thresh, noise_keep, half_q, fmax, KIND: tl.constexpr):
+    xf = x.to(tl.float32)
+    mag = _abs_pow(tl.abs(xf), half_q, KIND)
+    # copysign(mag, x): the sign bit of x on |x| ** (q/2) (so -0.0 keeps its sign, as torch.copysign).
+    sgn = xf.to(tl.uint32, bitcast=True) & 0x80000000
+    signed = (mag.to(tl.uint32, bitcast=True) | sgn).to(tl.float32, bitcast=True)
+    out = xf + signed * _noise(r, thresh, noise_keep)
+    out = tl.minimum(tl.maximum(out, -fmax, propagate_nan=tl.PropagateNan.ALL), fmax, propagate_nan=tl.PropagateNan.ALL)
+    return out
+
+
+@triton.jit(do_not_specialize=["seed", "ctr_lo", "ctr_hi", "thresh"])
+def _sparseout_fwd_kernel(
+    x_ptr,
+    out_ptr,
+    n,
+    seed,
+    ctr_lo,
+    ctr_hi,
+    thresh,
+    noise_keep,
+    half_q,
+    fmax,
+    KIND: tl.constexpr,
+    SUB: tl.constexpr,
+    N_ROUNDS: tl.constexpr,
+):
+    pid = tl.program_id(0).to(tl.int64)
+    r0, r1, r2, r3 = _rand4(seed, ctr_lo, ctr_hi, pid, SUB, N_ROUNDS)
+    o0 = pid * (4 * SUB) + tl.arange(0, SUB)
+    o1 = o0 + SUB
+    o2 = o1 + SUB
+    o3 = o2 + SUB
+    m0 = o0 < n
+    m1 = o1 < n
+    m2 = o2 < n
+    m3 = o3 < n
+    x0 = tl.load(x_ptr + o0, mask=m0, other=0.0)
+    x1 = tl.load(x_ptr + o1, mask=m1, other=0.0)
+    x2 = tl.load(x_ptr + o2, mask=m2, other=0.0)
+    x3 = tl.load(x_ptr + o3, mask=m3, other=0.0)
+    ty = out_ptr.dtype.element_ty
+    tl.store(out_ptr + o0, _fwd_one(x0, r0, thresh, noise_keep, half_q, fmax, KIND).to(ty), mask=m0)
+    tl.store(out_ptr + o1, _fwd_one(x1, r1, thresh, noise_keep, half_q, fmax, KIND).to(ty), mask=m1)
+    tl.store(out_ptr + o2, _fwd_one(x2, r2, thresh, noise_keep, half_q, fmax, KIND).to(ty), mask=m2)
+    tl.store(out_ptr + o3, _fwd_one(x3, r3, thresh, noise_keep, half_q, fmax, KIND).to(ty), mask=m3)
+
+
+@triton.jit
+def _bwd_one(g, x, r, thresh, noise_keep, coef, expo, max_scale, fmax, KIND: tl.constexpr):
+    scale = _abs_pow(tl.abs(x.to(tl.float32)), expo, KIND)
+    scale = tl.minimum(scale, max_scale, propagate_nan=tl.PropagateNan.ALL) * coef
+    factor = scale * _noise(r, thresh, noise_keep) + 1.0
+    gi = factor * g.to(tl.float32)
+    return tl.minimum(tl.maximum(gi, -fmax, propagate_nan=tl.PropagateNan.ALL), fmax, propagate_nan=tl.PropagateNan.ALL)
+
+
+@triton.jit(do_not_specialize=["seed", "ctr_lo", "ctr_hi", "thresh"])
+def _sparseout_bwd_kernel(
+    g_ptr,
+    x_ptr,
+    gi_ptr,
+    n,
+    seed,
+    ctr_lo,
+    ctr_hi,
+    thresh,
+    noise_keep,
+    coef,
+    expo,
+    max_scale,
+    fmax,
+    KIND: tl.constexpr,
+    SUB: tl.constexpr,
+    N_ROUNDS: tl.constexpr,
+):
+    pid = tl.program_id(0).to(tl.int64)
+    r0, r1, r2, r3 = _rand4(seed, ctr_lo, ctr_hi, pid, SUB, N_ROUNDS)
+    o0 = pid * (4 * SUB) + tl.arange(0, SUB)
+    o1 = o0 + SUB
+    o2 = o1 + SUB
+    o3 = o2 + SUB
+    m0 = o0 < n
+    m1 = o1 < n
+    m2 = o2 < n
+    m3 = o3 < n
+    x0 = tl.load(x_ptr + o0, mask=m0, other=0.0)
+    x1 = tl.load(x_ptr + o1, mask=m1, other=0.0)
+    x2 = tl.load(x_ptr + o2, mask=m2, other=0.0)
+    x3 = tl.load(x_ptr + o3, mask=m3, other=0.0)
+    g0 = tl.load(g_ptr + o0, mask=m0, other=0.0)
+    g1 = tl.load(g_ptr + o1, mask=m1, other=0.0)
+    g2 = tl.load(g_ptr + o2, mask=m2, other=0.0)
+    g3 = tl.load(g_ptr + o3, mask=m3, other=0.0)
+    ty = gi_ptr.dtype.element_ty
+    tl.store(gi_ptr + o0, _bwd_one(g0, x0, r0, thresh, noise_keep, coef, expo, max_scale, fmax, KIND).to(ty), mask=m0)
+    tl.store(gi_ptr + o1, _bwd_one(g1, x1, r1, thresh, noise_keep, coef, expo, max_scale, fmax, KIND).to(ty), mask=m1)
+    tl.store(gi_ptr + o2, _bwd_one(g2, x2, r2, thresh, noise_keep, coef, expo, max_scale, fmax, KIND).to(ty), mask=m2)
+    tl.store(gi_ptr + o3, _bwd_one(g3, x3, r3, thresh, noise_keep, coef, expo, max_scale, fmax, KIND).to(ty), mask=m3)
+
+
+@triton.jit(do_not_specialize=["seed", "ctr_lo", "ctr_hi", "thresh", "start"])
+def _keep_mask_kernel(m_ptr, n, start, seed, ctr_lo, ctr_hi, thresh, SUB: tl.constexpr, N_ROUNDS: tl.constexpr):
+    pid = tl.program_id(0).to(tl.int64) + start // (4 * SUB)
+    r0, r1, r2, r3 = _rand4(seed, ctr_lo, ctr_hi, pid, SUB, N_ROUNDS)
+    o0 = pid * (4 * SUB) + tl.arange(0, SUB)
+    k0 = ((r0 >> 8).to(tl.int32) < thresh).to(tl.int8)
+    k1 = ((r1 >> 8).to(tl.int32) < thresh).to(tl.int8)
+    k2 = ((r2 >> 8).to(tl.int32) < thresh).to(tl.int8)
+    k3 = ((r3 >> 8).to(tl.int32) < thresh).to(tl.int8)
+    end = start + n
+    o1 = o0 + SUB
+    o2 = o1 + SUB
+    o3 = o2 + SUB
+    tl.store(m_ptr + (o0 - start), k0, mask=(o0 >= start) & (o0 < end))
+    tl.store(m_ptr + (o1 - start), k1, mask=(o1 >= start) & (o1 < end))
+    tl.store(m_ptr + (o2 - start), k2, mask=(o2 >= start) & (o2 < end))
+    tl.store(m_ptr + (o3 - start), k3, mask=(o3 >= start) & (o3 < end))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Launchers (plain Python; no autograd). ``seed`` is in [0, 2**64), ``ctr`` in [0, 2**64).
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _threshold(p: float) -> int:
+    """``thresh`` with ``P(keep) = thresh / 2**24`` closest to ``1 - p`` (exact for p = 0 and p = 1)."""
+    return round((1.0 - float(p)) * (1 << RAND_BITS))
+
+
+def _rng_args(seed: int, ctr: int) -> tuple[int, int, int]:
+    if not (0 <= seed < 1 << 64 and 0 <= ctr < 1 << 64):
+        raise ValueError(f"seed and ctr must be in [0, 2**64), got seed={seed}, ctr={ctr}")
+    return int(seed), int(ctr & 0xFFFFFFFF), int(ctr >> 32)
+
+
+def _grid(n: int) -> tuple[int]:
+    return (triton.cdiv(n, 4 * SUB),)
+
+
+def _check_input(x: torch.Tensor) -> torch.Tensor:
+    if x.dtype not in SUPPORTED_DTYPES:
+        raise TypeError(f"sparseout triton kernel: dtype must be one of {SUPPORTED_DTYPES}, got {x.dtype}")
+    return x.contiguous()
+
+
+def sparseout_fwd(
+    x: torch.Tensor, p: float, q: float, seed: int, ctr: int, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Sparseout forward for the mask ``(seed, ctr)``; returns a contiguous tensor shaped like ``x``.
+
+    ``0 < p < 1`` is expected (the op routes ``p`` in {0, 1} elsewhere); ``out`` may be given (contiguous,
+    same shape and dtype) and is then written and returned.
+    """
+    xc = _check_input(x)
+    if out is None:
+        out = torch.empty_like(xc, memory_format=torch.contiguous_format)
+    n = xc.numel()
+    if n == 0:
+        return out
+    s, lo, hi = _rng_args(seed, ctr)
+    half_q = float(q) / 2.0
+    _sparseout_fwd_kernel[_grid(n)](
+        xc,
+        out,
+        n,
+        s,
+        lo,
+        hi,
+        _threshold(p),
+        1.0 / (1.0 - float(p)) - 1.0,
+        half_q,
+        _FINFO_MAX[xc.dtype],
+        KIND=_pow_kind(half_q),
+        SUB=SUB,
+        N_ROUNDS=N_ROUNDS,
+        num_warps=NUM_WARPS,
+    )
+    return out
+
+
+def sparseout_bwd(
+    grad: torch.Tensor,
+    x: torch.Tensor,
+    p: float,
+    q: float,
+    gradient: str,
+    seed: int,
+    ctr: int,
+    max_scale: float = _MAX_SCALE_DEFAULT,
+) -> torch.Tensor:
+    """Input gradient (``grad``'s dtype) for the mask ``(seed, ctr)`` and rule ``"reference"`` or ``"exact"``."""
+    xc = _check_input(x)
+    gc = _check_input(grad)
+    if gc.shape != xc.shape:
+        raise ValueError(f"grad shape {tuple(gc.shape)} != input shape {tuple(xc.shape)}")
+    gi = torch.empty_like(gc, memory_format=torch.contiguous_format)
+    n = xc.numel()
+    if n == 0:
+        return gi
+    if gradient == "reference":
+        coef, expo = 1.0, (float(q) - 2.0) / 2.0
+    elif gradient == "exact":
+        coef, expo = float(q) / 2.0, float(q) / 2.0 - 1.0
+    else:
+        raise ValueError(f"gradient must be 'reference' or 'exact', got {gradient!r}")
+    s, lo, hi = _rng_args(seed, ctr)
+    _sparseout_bwd_kernel[_grid(n)](
+        gc,
+        xc,
+        gi,
+        n,
+        s,
+        lo,
+        hi,
+        _threshold(p),
+        1.0 / (1.0 - float(p)) - 1.0,
+        coef,
+        expo,
+        float(max_scale),
+        _FINFO_MAX[gc.dtype],
+        KIND=_pow_kind(expo),
+        SUB=SUB,
+        N_ROUNDS=N_ROUNDS,
+        num_warps=NUM_WARPS,
+    )
+    return gi
+
+
+def keep_mask(
+    numel: int, p: float, seed: int, ctr: int, device: torch.device | str = "cuda", start: int = 0
+) -> torch.Tensor:
+    """The keep mask (bool) of elements ``[start, start + numel)`` of the stream ``(seed, ctr)``.
+
+    The same mask :func:`sparseout_fwd` and :func:`sparseout_bwd` use; for tests and debugging.
+    """
+    m = torch.empty(numel, dtype=torch.int8, device=device)
+    if numel == 0:
+        return m.bool()
+    s, lo, hi = _rng_args(seed, ctr)
+    first = start // (4 * SUB)
+    last = (start + numel - 1) // (4 * SUB)
+    _keep_mask_kernel[(last - first + 1,)](
+        m, numel, start, s, lo, hi, _threshold(p), SUB=SUB, N_ROUNDS=N_ROUNDS, num_warps=NUM_WARPS
+    )
+    return m.bool()

@@ -1,0 +1,95 @@
+"""Which implementation :func:`hf_sparseout.sparseout` runs: the eager op or the fused Triton kernel.
+
+* ``"auto"`` (default): the Triton kernel for CUDA tensors of dtype float32, bfloat16 or float16 when
+  ``triton`` is installed; the eager PyTorch op otherwise (CPU, float64, no triton).
+* ``"eager"``: always the eager op.
+* ``"triton"``: always the Triton kernel; a ``RuntimeError`` for an input it cannot take (CPU tensor,
+  other dtype, triton missing, no CUDA).
+
+``q == 2`` and ``p == 1`` go to :func:`torch.nn.functional.dropout` under every backend (native kernel).
+
+Example:
+    >>> from hf_sparseout.ops import backend
+    >>> backend.set_backend("eager")
+    >>> with backend.use_backend("auto"):
+    ...     backend.get_backend()
+    'auto'
+    >>> backend.get_backend()
+    'eager'
+    >>> backend.set_backend("auto")
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+from collections.abc import Callable, Iterator
+
+import torch
+
+BACKENDS: tuple[str, ...] = ("auto", "eager", "triton")
+TRITON_DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat16, torch.float16)
+
+_backend: str = "auto"
+# find_spec does not import triton: `import hf_sparseout` stays cheap and works without it.
+_HAS_TRITON: bool = importlib.util.find_spec("triton") is not None
+
+
+def triton_available() -> bool:
+    """``True`` when the ``triton`` package is installed (it is imported only when a kernel runs)."""
+    return _HAS_TRITON
+
+
+def get_backend() -> str:
+    """The current backend name: ``"auto"``, ``"eager"`` or ``"triton"``."""
+    return _backend
+
+
+def _check(name: str) -> str:
+    if name not in BACKENDS:
+        raise ValueError(f"sparseout backend must be one of {BACKENDS}, got {name!r}")
+    return name
+
+
+def set_backend(name: str) -> None:
+    """Select the implementation for every later call (process-wide). Raises ``ValueError`` for a bad name."""
+    global _backend
+    _backend = _check(name)
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[None]:
+    """Context manager: run the block with backend ``name``, then restore the previous one."""
+    global _backend
+    previous, _backend = _backend, _check(name)
+    try:
+        yield
+    finally:
+        _backend = previous
+
+
+def use_triton(x: torch.Tensor) -> bool:
+    """Whether a Sparseout call on ``x`` (with ``q != 2``, ``0 < p < 1``) goes to the Triton kernel.
+
+    Raises:
+        RuntimeError: the backend is ``"triton"`` and ``x`` or the installation cannot use it.
+    """
+    if _backend == "eager":
+        return False
+    ok = _HAS_TRITON and x.is_cuda and x.dtype in TRITON_DTYPES
+    if _backend == "triton" and not ok:
+        if not _HAS_TRITON:
+            why = "the 'triton' package is not installed (pip install 'hf-sparseout[triton]')"
+        elif not x.is_cuda:
+            why = f"the input is on {x.device}, the kernel needs a CUDA tensor"
+        else:
+            why = f"the input dtype is {x.dtype}, the kernel takes {TRITON_DTYPES}"
+        raise RuntimeError(f"sparseout backend 'triton' was forced but {why}; use set_backend('auto') or 'eager'")
+    return ok
+
+
+def fused_sparseout() -> Callable[..., torch.Tensor]:
+    """The Triton-backed op ``f(input, p, q, gradient, inplace)`` (imports the kernel package on first use)."""
+    from hf_sparseout.kernels.sparseout_op import sparseout_fused
+
+    return sparseout_fused
