@@ -8,6 +8,7 @@ import typer
 
 from hf_sparseout.version import __version__
 from hf_sparseout_cli.env_cmd import env
+from hf_sparseout_cli.inspect_cmd import inspect
 
 app = typer.Typer(
     name="hf-sparseout",
@@ -34,6 +35,7 @@ def _root(
     """Sparseout for Hugging Face transformers."""
 
 
+app.command("inspect")(inspect)
 app.command("env")(env)
 
 

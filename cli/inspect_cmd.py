@@ -1,0 +1,88 @@
+"""`hf-sparseout inspect`: list a model's dropout sites and what a patch would do (a dry run)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from hf_sparseout_cli.errors import CliError, fail
+from hf_sparseout_cli.options import (
+    AttentionMode,
+    AttentionOpt,
+    ExcludeOpt,
+    GradientMode,
+    GradientOpt,
+    InsertOpt,
+    POpt,
+    QOpt,
+    ReportFormat,
+    TargetsOpt,
+    split_patterns,
+)
+
+
+def sparseout_config(p, q, targets, exclude, attention, insert, gradient):
+    """Build a :class:`SparseoutConfig` from CLI values, turning bad values into a CliError."""
+    from hf_sparseout import SparseoutConfig
+
+    try:
+        return SparseoutConfig(
+            p=p,
+            q=q,
+            targets=split_patterns(targets),
+            exclude=split_patterns(exclude),
+            attention=attention.value,
+            insert=split_patterns(insert),
+            gradient=gradient.value,
+        )
+    except ValueError as err:
+        raise CliError(str(err), "see hf-sparseout inspect --help for the option syntax") from err
+
+
+def inspect(
+    model: Annotated[str, typer.Argument(help="A local save_pretrained directory or a Hub model id.")],
+    p: POpt = None,
+    q: QOpt = 1.5,
+    targets: TargetsOpt = None,
+    exclude: ExcludeOpt = None,
+    attention: AttentionOpt = AttentionMode.sparseout,
+    insert: InsertOpt = None,
+    gradient: GradientOpt = GradientMode.reference,
+    task: Annotated[
+        str,
+        typer.Option("--task", help="Head to load: auto (from config.architectures), causal-lm, classification, base."),
+    ] = "auto",
+    attn_implementation: Annotated[
+        str | None, typer.Option("--attn-implementation", help="Attention implementation to load with: eager or sdpa.")
+    ] = None,
+    fmt: Annotated[
+        ReportFormat, typer.Option("--format", help="table or json.", case_sensitive=False)
+    ] = ReportFormat.table,
+) -> None:
+    """List every dropout site of MODEL and what the patch would do to it (nothing is modified).
+
+    Examples:
+
+      hf-sparseout inspect ../shared/models/tiny-gpt2
+
+      hf-sparseout inspect ./my-bert --q 1.0 --exclude classifier --attention keep --format json
+
+      hf-sparseout inspect ./my-llama --p 0.1 --insert mlp.act_fn
+    """
+    import hf_sparseout
+    from hf_sparseout.loading import ModelNotAvailableError, load_model
+
+    try:
+        config = sparseout_config(p, q, targets, exclude, attention, insert, gradient)
+        try:
+            loaded = load_model(model, task=task, attn_implementation=attn_implementation)
+        except (ModelNotAvailableError, ValueError) as err:
+            raise CliError(str(err), "MODEL is a local directory or a Hub id; offline, use a local path") from err
+        try:
+            report = hf_sparseout.inspect(loaded, config)
+        except ValueError as err:
+            raise CliError(str(err), "adjust --targets/--exclude/--insert to the names listed") from err
+    except CliError as err:
+        fail(err)
+    typer.echo(report.to_json() if fmt is ReportFormat.json else report.to_table())

@@ -1,0 +1,70 @@
+"""Load a model by Hub id or local directory, with errors that say what to do offline."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+TASKS = ("auto", "causal-lm", "classification", "base")
+
+
+class ModelNotAvailableError(OSError):
+    """The model is neither a local directory nor reachable on the Hub."""
+
+
+def _offline_hint(name: str) -> str:
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False")
+    where = "HF_HUB_OFFLINE is set, so only the local cache was searched" if offline else "the Hub may be unreachable"
+    return (
+        f"could not load {name!r}: it is not a local directory and {where}. Pass a local path "
+        "(a directory written by save_pretrained), or download it once and set HF_HUB_OFFLINE=1 to use the cache."
+    )
+
+
+def resolve_task(config: Any, task: str) -> str:
+    """``auto`` picks the head from ``config.architectures`` (causal LM, classification or the base model)."""
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got task={task!r}")
+    if task != "auto":
+        return task
+    architectures = " ".join(getattr(config, "architectures", None) or [])
+    if "CausalLM" in architectures or "LMHead" in architectures:
+        return "causal-lm"
+    if "SequenceClassification" in architectures:
+        return "classification"
+    return "base"
+
+
+def load_model(
+    name_or_path: str | Path, task: str = "auto", attn_implementation: str | None = None, **kwargs: Any
+) -> nn.Module:
+    """``AutoModelForCausalLM`` / ``AutoModelForSequenceClassification`` / ``AutoModel`` ``from_pretrained``.
+
+    Raises:
+        ModelNotAvailableError: not a local directory and not loadable from the Hub (or its cache).
+        ValueError: unknown ``task``.
+    """
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    name = str(name_or_path)
+    if Path(name).suffix in (".json",) or (Path(name).exists() and not Path(name).is_dir()):
+        raise ModelNotAvailableError(f"{name!r} is a file: pass the model's directory (the one holding config.json)")
+    if Path(name).is_dir() and not (Path(name) / "config.json").is_file():
+        raise ModelNotAvailableError(f"{name!r} has no config.json: is it a save_pretrained directory?")
+    try:
+        config = AutoConfig.from_pretrained(name)
+    except OSError as err:
+        raise ModelNotAvailableError(_offline_hint(name)) from err
+    classes = {
+        "causal-lm": AutoModelForCausalLM,
+        "classification": AutoModelForSequenceClassification,
+        "base": AutoModel,
+    }
+    extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    try:
+        return classes[resolve_task(config, task)].from_pretrained(name, **extra, **kwargs)
+    except OSError as err:
+        raise ModelNotAvailableError(_offline_hint(name)) from err
