@@ -219,3 +219,13 @@ def test_unpatch_of_an_unpatched_model_is_an_error():
     model, _ = _gpt2()
     with pytest.raises(ValueError, match="not patched"):
         hf_sparseout.unpatch(model)
+
+
+def test_patch_records_its_config_on_the_model_config_and_unpatch_removes_it():
+    model, inputs = _gpt2()
+    config = SparseoutConfig(q=1.25, exclude=["drop"])
+    hf_sparseout.patch(model, config, example_inputs=inputs)
+    assert model.config.sparseout == config.to_dict()
+    assert json.loads(model.config.to_json_string())["sparseout"]["q"] == 1.25
+    hf_sparseout.unpatch(model)
+    assert not hasattr(model.config, "sparseout")

@@ -16,6 +16,8 @@ from hf_sparseout.patcher.redirect import InsertHook, RedirectingCheckpoint, Red
 from hf_sparseout.patcher.report import Site, SiteReport
 
 STATE_ATTR = "_hf_sparseout_state"
+CONFIG_KEY = "sparseout"
+"""The key under which a patched model's ``config`` (and so its config.json) records the patch."""
 SUPPORTED_ATTENTION = (None, "eager", "sdpa")
 _MISSING = object()
 
@@ -226,6 +228,12 @@ def patch(model: nn.Module, config: SparseoutConfig, example_inputs: dict[str, A
                 state.undo.append(("delmodule", parent, child, None))
                 setattr(owner, cand.attr, module.p)
                 state.undo.append(("setattr", owner, cand.attr, original))
+        model_config = getattr(model, "config", None)
+        if model_config is not None and hasattr(model_config, "to_dict"):
+            # save_pretrained then writes the patch into config.json under "sparseout".
+            previous = model_config.__dict__.get(CONFIG_KEY, _MISSING)
+            setattr(model_config, CONFIG_KEY, config.to_dict())
+            state.undo.append(("config", model_config, CONFIG_KEY, previous))
         for name in sorted(readers):
             reader = model.get_submodule(name)
             previous = reader.__dict__.get("forward", _MISSING)
@@ -248,6 +256,11 @@ def _undo(state: PatchState) -> None:
         elif action == "insert":
             value.remove()
             delattr(target, name)
+        elif action == "config":
+            if value is _MISSING:
+                delattr(target, name)
+            else:
+                setattr(target, name, value)
         elif action == "forward":
             ckpt = target.__dict__.get("_gradient_checkpointing_func")
             if isinstance(ckpt, RedirectingCheckpoint):
