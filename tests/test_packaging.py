@@ -14,4 +14,4 @@ def test_every_package_is_listed_in_pyproject():
         if "__pycache__" not in init.parts
     }
     assert on_disk - listed == set(), f"add these to [tool.setuptools] packages: {sorted(on_disk - listed)}"
-    assert "hf_sparseout_cli" in listed
+    assert {"hf_sparseout_cli", "hf_sparseout.model_cards"} <= listed

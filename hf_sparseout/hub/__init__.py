@@ -1,0 +1,1 @@
+"""Patched checkpoints: save/load round trip, model cards, Hub push."""
