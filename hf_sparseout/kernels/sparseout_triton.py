@@ -53,14 +53,37 @@ def _pow_kind(e: float) -> int:
 
 
 @triton.jit
+def _philox4x32(k0, k1, c0, c1, c2, c3, N_ROUNDS: tl.constexpr):
+    """Philox-4x32 (Salmon et al., 2011) rounds; each 32x32->64 product is one wide multiply."""
+    for _ in tl.static_range(N_ROUNDS):
+        p0 = c0.to(tl.uint64) * 0xD2511F53
+        p1 = c2.to(tl.uint64) * 0xCD9E8D57
+        c0 = (p1 >> 32).to(tl.uint32) ^ c1 ^ k0
+        c2 = (p0 >> 32).to(tl.uint32) ^ c3 ^ k1
+        c1 = p1.to(tl.uint32)
+        c3 = p0.to(tl.uint32)
+        k0 = k0 + 0x9E3779B9
+        k1 = k1 + 0xBB67AE85
+    return c0, c1, c2, c3
+
+
+@triton.jit
 def _rand4(seed, ctr_lo, ctr_hi, pid, SUB: tl.constexpr, N_ROUNDS: tl.constexpr):
-    """Four uint32 random vectors of length SUB for program ``pid`` (one Philox call per lane)."""
-    g = pid * SUB + tl.arange(0, SUB).to(tl.int64)
-    g_lo = (g & 0xFFFFFFFF).to(tl.uint32)
-    g_hi = (g >> 32).to(tl.uint32)
-    c0 = (tl.zeros([SUB], dtype=tl.uint32) + ctr_lo).to(tl.uint32)
-    c1 = (tl.zeros([SUB], dtype=tl.uint32) + ctr_hi).to(tl.uint32)
-    return tl.philox(seed, c0, c1, g_lo, g_hi, N_ROUNDS)
+    """Four uint32 random vectors of length SUB for program ``pid`` (one Philox call per lane).
+
+    Lane ``t`` uses counter ``(ctr_lo, ctr_hi, g_lo, g_hi)`` with ``g = pid * SUB + t``; SUB divides 2**32,
+    so ``g_lo = (pid * SUB) mod 2**32 + t`` never carries into ``g_hi``.
+    """
+    s = seed.to(tl.uint64)
+    k0 = (s & 0xFFFFFFFF).to(tl.uint32)
+    k1 = (s >> 32).to(tl.uint32)
+    g0 = pid * SUB
+    zero = tl.zeros([SUB], dtype=tl.uint32)
+    g_lo = zero + (g0 & 0xFFFFFFFF).to(tl.uint32) + tl.arange(0, SUB).to(tl.uint32)
+    g_hi = zero + (g0 >> 32).to(tl.uint32)
+    c0 = (zero + ctr_lo).to(tl.uint32)
+    c1 = (zero + ctr_hi).to(tl.uint32)
+    return _philox4x32(k0, k1, c0, c1, g_lo, g_hi, N_ROUNDS)
 
 
 @triton.jit
@@ -86,15 +109,64 @@ def _abs_pow(a, e, KIND: tl.constexpr):
 
 
 @triton.jit
+def _saturate(v, fmax):
+    """Clamp to the output dtype's finite range; NaN stays NaN (as torch.clamp)."""
+    v = tl.maximum(v, -fmax, propagate_nan=tl.PropagateNan.ALL)
+    return tl.minimum(v, fmax, propagate_nan=tl.PropagateNan.ALL)
+
+
+@triton.jit
+def _ld(ptr, offs, rem, MASKED: tl.constexpr):
+    if MASKED:
+        return tl.load(ptr + offs, mask=offs < rem, other=0.0)
+    else:
+        return tl.load(ptr + offs)
+
+
+@triton.jit
+def _st(ptr, offs, val, rem, MASKED: tl.constexpr):
+    if MASKED:
+        tl.store(ptr + offs, val.to(ptr.dtype.element_ty), mask=offs < rem)
+    else:
+        tl.store(ptr + offs, val.to(ptr.dtype.element_ty))
+
+
+@triton.jit
 def _fwd_one(x, r, thresh, noise_keep, half_q, fmax, KIND: tl.constexpr):
     xf = x.to(tl.float32)
     mag = _abs_pow(tl.abs(xf), half_q, KIND)
     # copysign(mag, x): the sign bit of x on |x| ** (q/2) (so -0.0 keeps its sign, as torch.copysign).
     sgn = xf.to(tl.uint32, bitcast=True) & 0x80000000
     signed = (mag.to(tl.uint32, bitcast=True) | sgn).to(tl.float32, bitcast=True)
-    out = xf + signed * _noise(r, thresh, noise_keep)
-    out = tl.minimum(tl.maximum(out, -fmax, propagate_nan=tl.PropagateNan.ALL), fmax, propagate_nan=tl.PropagateNan.ALL)
-    return out
+    return _saturate(xf + signed * _noise(r, thresh, noise_keep), fmax)
+
+
+@triton.jit
+def _fwd_block(
+    xb,
+    ob,
+    rem,
+    r0,
+    r1,
+    r2,
+    r3,
+    thresh,
+    noise_keep,
+    half_q,
+    fmax,
+    KIND: tl.constexpr,
+    SUB: tl.constexpr,
+    MASKED: tl.constexpr,
+):
+    t = tl.arange(0, SUB)
+    x0 = _ld(xb, t, rem, MASKED)
+    x1 = _ld(xb, t + SUB, rem, MASKED)
+    x2 = _ld(xb, t + 2 * SUB, rem, MASKED)
+    x3 = _ld(xb, t + 3 * SUB, rem, MASKED)
+    _st(ob, t, _fwd_one(x0, r0, thresh, noise_keep, half_q, fmax, KIND), rem, MASKED)
+    _st(ob, t + SUB, _fwd_one(x1, r1, thresh, noise_keep, half_q, fmax, KIND), rem, MASKED)
+    _st(ob, t + 2 * SUB, _fwd_one(x2, r2, thresh, noise_keep, half_q, fmax, KIND), rem, MASKED)
+    _st(ob, t + 3 * SUB, _fwd_one(x3, r3, thresh, noise_keep, half_q, fmax, KIND), rem, MASKED)
 
 
 @triton.jit(do_not_specialize=["seed", "ctr_lo", "ctr_hi", "thresh"])
@@ -115,23 +187,15 @@ def _sparseout_fwd_kernel(
 ):
     pid = tl.program_id(0).to(tl.int64)
     r0, r1, r2, r3 = _rand4(seed, ctr_lo, ctr_hi, pid, SUB, N_ROUNDS)
-    o0 = pid * (4 * SUB) + tl.arange(0, SUB)
-    o1 = o0 + SUB
-    o2 = o1 + SUB
-    o3 = o2 + SUB
-    m0 = o0 < n
-    m1 = o1 < n
-    m2 = o2 < n
-    m3 = o3 < n
-    x0 = tl.load(x_ptr + o0, mask=m0, other=0.0)
-    x1 = tl.load(x_ptr + o1, mask=m1, other=0.0)
-    x2 = tl.load(x_ptr + o2, mask=m2, other=0.0)
-    x3 = tl.load(x_ptr + o3, mask=m3, other=0.0)
-    ty = out_ptr.dtype.element_ty
-    tl.store(out_ptr + o0, _fwd_one(x0, r0, thresh, noise_keep, half_q, fmax, KIND).to(ty), mask=m0)
-    tl.store(out_ptr + o1, _fwd_one(x1, r1, thresh, noise_keep, half_q, fmax, KIND).to(ty), mask=m1)
-    tl.store(out_ptr + o2, _fwd_one(x2, r2, thresh, noise_keep, half_q, fmax, KIND).to(ty), mask=m2)
-    tl.store(out_ptr + o3, _fwd_one(x3, r3, thresh, noise_keep, half_q, fmax, KIND).to(ty), mask=m3)
+    base = pid * (4 * SUB)  # 64-bit element offset of this program, applied once to the pointers
+    rem = n - base
+    xb = x_ptr + base
+    ob = out_ptr + base
+    if rem >= 4 * SUB:
+        _fwd_block(xb, ob, 4 * SUB, r0, r1, r2, r3, thresh, noise_keep, half_q, fmax, KIND, SUB, False)
+    else:
+        rem32 = rem.to(tl.int32)
+        _fwd_block(xb, ob, rem32, r0, r1, r2, r3, thresh, noise_keep, half_q, fmax, KIND, SUB, True)
 
 
 @triton.jit
@@ -139,8 +203,42 @@ def _bwd_one(g, x, r, thresh, noise_keep, coef, expo, max_scale, fmax, KIND: tl.
     scale = _abs_pow(tl.abs(x.to(tl.float32)), expo, KIND)
     scale = tl.minimum(scale, max_scale, propagate_nan=tl.PropagateNan.ALL) * coef
     factor = scale * _noise(r, thresh, noise_keep) + 1.0
-    gi = factor * g.to(tl.float32)
-    return tl.minimum(tl.maximum(gi, -fmax, propagate_nan=tl.PropagateNan.ALL), fmax, propagate_nan=tl.PropagateNan.ALL)
+    return _saturate(factor * g.to(tl.float32), fmax)
+
+
+@triton.jit
+def _bwd_block(
+    gb,
+    xb,
+    ib,
+    rem,
+    r0,
+    r1,
+    r2,
+    r3,
+    thresh,
+    noise_keep,
+    coef,
+    expo,
+    max_scale,
+    fmax,
+    KIND: tl.constexpr,
+    SUB: tl.constexpr,
+    MASKED: tl.constexpr,
+):
+    t = tl.arange(0, SUB)
+    x0 = _ld(xb, t, rem, MASKED)
+    x1 = _ld(xb, t + SUB, rem, MASKED)
+    x2 = _ld(xb, t + 2 * SUB, rem, MASKED)
+    x3 = _ld(xb, t + 3 * SUB, rem, MASKED)
+    g0 = _ld(gb, t, rem, MASKED)
+    g1 = _ld(gb, t + SUB, rem, MASKED)
+    g2 = _ld(gb, t + 2 * SUB, rem, MASKED)
+    g3 = _ld(gb, t + 3 * SUB, rem, MASKED)
+    _st(ib, t, _bwd_one(g0, x0, r0, thresh, noise_keep, coef, expo, max_scale, fmax, KIND), rem, MASKED)
+    _st(ib, t + SUB, _bwd_one(g1, x1, r1, thresh, noise_keep, coef, expo, max_scale, fmax, KIND), rem, MASKED)
+    _st(ib, t + 2 * SUB, _bwd_one(g2, x2, r2, thresh, noise_keep, coef, expo, max_scale, fmax, KIND), rem, MASKED)
+    _st(ib, t + 3 * SUB, _bwd_one(g3, x3, r3, thresh, noise_keep, coef, expo, max_scale, fmax, KIND), rem, MASKED)
 
 
 @triton.jit(do_not_specialize=["seed", "ctr_lo", "ctr_hi", "thresh"])
@@ -164,27 +262,18 @@ def _sparseout_bwd_kernel(
 ):
     pid = tl.program_id(0).to(tl.int64)
     r0, r1, r2, r3 = _rand4(seed, ctr_lo, ctr_hi, pid, SUB, N_ROUNDS)
-    o0 = pid * (4 * SUB) + tl.arange(0, SUB)
-    o1 = o0 + SUB
-    o2 = o1 + SUB
-    o3 = o2 + SUB
-    m0 = o0 < n
-    m1 = o1 < n
-    m2 = o2 < n
-    m3 = o3 < n
-    x0 = tl.load(x_ptr + o0, mask=m0, other=0.0)
-    x1 = tl.load(x_ptr + o1, mask=m1, other=0.0)
-    x2 = tl.load(x_ptr + o2, mask=m2, other=0.0)
-    x3 = tl.load(x_ptr + o3, mask=m3, other=0.0)
-    g0 = tl.load(g_ptr + o0, mask=m0, other=0.0)
-    g1 = tl.load(g_ptr + o1, mask=m1, other=0.0)
-    g2 = tl.load(g_ptr + o2, mask=m2, other=0.0)
-    g3 = tl.load(g_ptr + o3, mask=m3, other=0.0)
-    ty = gi_ptr.dtype.element_ty
-    tl.store(gi_ptr + o0, _bwd_one(g0, x0, r0, thresh, noise_keep, coef, expo, max_scale, fmax, KIND).to(ty), mask=m0)
-    tl.store(gi_ptr + o1, _bwd_one(g1, x1, r1, thresh, noise_keep, coef, expo, max_scale, fmax, KIND).to(ty), mask=m1)
-    tl.store(gi_ptr + o2, _bwd_one(g2, x2, r2, thresh, noise_keep, coef, expo, max_scale, fmax, KIND).to(ty), mask=m2)
-    tl.store(gi_ptr + o3, _bwd_one(g3, x3, r3, thresh, noise_keep, coef, expo, max_scale, fmax, KIND).to(ty), mask=m3)
+    base = pid * (4 * SUB)
+    rem = n - base
+    gb = g_ptr + base
+    xb = x_ptr + base
+    ib = gi_ptr + base
+    if rem >= 4 * SUB:
+        _bwd_block(
+            gb, xb, ib, 4 * SUB, r0, r1, r2, r3, thresh, noise_keep, coef, expo, max_scale, fmax, KIND, SUB, False
+        )
+    else:
+        rem32 = rem.to(tl.int32)
+        _bwd_block(gb, xb, ib, rem32, r0, r1, r2, r3, thresh, noise_keep, coef, expo, max_scale, fmax, KIND, SUB, True)
 
 
 @triton.jit(do_not_specialize=["seed", "ctr_lo", "ctr_hi", "thresh", "start"])
