@@ -65,6 +65,8 @@ def worker(path: str) -> None:
     big_seed, big_ctr = (1 << 64) - 12345, (1 << 40) + 3
     res["mask_big"] = K.keep_mask(4096, 0.5, big_seed, big_ctr, device="cpu")
     res["big"] = (big_seed, big_ctr)
+    res["mask_2p31"] = K.keep_mask(3000, P, SEED, CTR, device="cpu", start=2**31 - 1000)  # crosses 2**31
+    res["mask_2p32"] = K.keep_mask(3000, P, SEED, CTR, device="cpu", start=2**32 * 1024 - 1000)  # g_hi > 0
     res["rate"] = {p: K.keep_mask(1 << 16, p, 99, 0, device="cpu").double().mean().item() for p in (0.1, 0.5, 0.9)}
     torch.save(res, path)
 
@@ -133,14 +135,14 @@ def philox4x32_10(key: int, ctr: np.ndarray) -> np.ndarray:
     return np.stack(c, axis=1).astype(np.uint32)
 
 
-def reference_mask(n: int, p: float, seed: int, ctr: int, sub: int = 1024) -> torch.Tensor:
-    e = np.arange(n, dtype=np.int64)
+def reference_mask(n: int, p: float, seed: int, ctr: int, sub: int = 1024, start: int = 0) -> torch.Tensor:
+    e = np.arange(start, start + n, dtype=np.int64)
     g = (e // (4 * sub)) * sub + e % sub
     lane = (e // sub) % 4
     counters = np.stack([np.full(n, ctr & 0xFFFFFFFF), np.full(n, ctr >> 32), g & 0xFFFFFFFF, g >> 32], axis=1).astype(
         np.uint64
     )
-    r = philox4x32_10(seed, counters)[e * 0 + np.arange(n), lane]
+    r = philox4x32_10(seed, counters)[np.arange(n), lane]
     thresh = round((1 - p) * 2**24)
     return torch.from_numpy((r >> 8).astype(np.int64) < thresh)
 
@@ -152,6 +154,11 @@ def test_mask_matches_numpy_philox_layout(interp):
     assert torch.equal(interp["mask"], reference_mask(N, P, SEED, CTR))
     seed, ctr = interp["big"]
     assert torch.equal(interp["mask_big"], reference_mask(4096, 0.5, seed, ctr))
+
+
+def test_mask_slices_past_int32_and_uint32_counters(interp):
+    assert torch.equal(interp["mask_2p31"], reference_mask(3000, P, SEED, CTR, start=2**31 - 1000))
+    assert torch.equal(interp["mask_2p32"], reference_mask(3000, P, SEED, CTR, start=2**32 * 1024 - 1000))
 
 
 def test_mask_slice_start_and_streams_differ(interp):

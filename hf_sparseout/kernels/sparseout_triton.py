@@ -278,6 +278,7 @@ def _sparseout_bwd_kernel(
 
 @triton.jit(do_not_specialize=["seed", "ctr_lo", "ctr_hi", "thresh", "start"])
 def _keep_mask_kernel(m_ptr, n, start, seed, ctr_lo, ctr_hi, thresh, SUB: tl.constexpr, N_ROUNDS: tl.constexpr):
+    start = start.to(tl.int64)  # start + n may pass 2**31 while start alone fits in int32
     pid = tl.program_id(0).to(tl.int64) + start // (4 * SUB)
     r0, r1, r2, r3 = _rand4(seed, ctr_lo, ctr_hi, pid, SUB, N_ROUNDS)
     o0 = pid * (4 * SUB) + tl.arange(0, SUB)
