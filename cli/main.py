@@ -8,6 +8,7 @@ import typer
 
 from hf_sparseout.version import __version__
 from hf_sparseout_cli.env_cmd import env
+from hf_sparseout_cli.finetune_cmd import finetune
 from hf_sparseout_cli.inspect_cmd import inspect
 
 app = typer.Typer(
@@ -35,6 +36,7 @@ def _root(
     """Sparseout for Hugging Face transformers."""
 
 
+app.command("finetune")(finetune)
 app.command("inspect")(inspect)
 app.command("env")(env)
 

@@ -81,7 +81,10 @@ class RedirectMode(TorchFunctionMode):
             p = _arg(args, kwargs, 1, spec[1], 0.5)
             if isinstance(p, SiteP):
                 x = _arg(args, kwargs, 0, spec[0], None)
-                return p.module(x) if _arg(args, kwargs, 2, spec[2], True) else x
+                if _arg(args, kwargs, 2, spec[2], True) or not p.module.training:
+                    # In eval the module is the identity, but calling it lets hooks (SparsityMonitor) see the site.
+                    return p.module(x)
+                return x
         elif func is F.scaled_dot_product_attention:
             p = _arg(args, kwargs, 4, "dropout_p", 0.0)
             if isinstance(p, SiteP):

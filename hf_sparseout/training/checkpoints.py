@@ -1,0 +1,90 @@
+"""Training checkpoints: ``accelerator.save_state`` written atomically, rotated, found for resume.
+
+A checkpoint is written to ``checkpoints/<run>/.tmp-step-N`` and renamed to ``step-N`` only once
+complete (with ``trainer_state.json`` inside), so an interrupt during the write leaves the
+previous checkpoint as it was and no half-written ``step-N``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+from hf_sparseout.training.args import UsageError
+
+STATE_FILE = "trainer_state.json"
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+def run_dir(output_dir: str | Path, run: str) -> Path:
+    """Where the checkpoints of one run (``sparseout`` or ``baseline``) live."""
+    return Path(output_dir) / "checkpoints" / run
+
+
+def list_checkpoints(directory: Path) -> list[Path]:
+    """Complete checkpoints in ``directory``, oldest first."""
+    if not directory.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in directory.iterdir() if (m := _STEP_DIR.match(p.name)) and p.is_dir()]
+    return [p for _, p in sorted(found)]
+
+
+def save_checkpoint(accelerator: Any, directory: Path, state: dict[str, Any], keep: int | None) -> Path:
+    """Save model, optimizer, scheduler, RNG and ``state`` to ``directory/step-N``; keep the last ``keep``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    final = directory / f"step-{state['global_step']}"
+    tmp = directory / f".tmp-step-{state['global_step']}"
+    if accelerator.is_main_process and tmp.exists():
+        shutil.rmtree(tmp)
+    accelerator.wait_for_everyone()
+    try:
+        accelerator.save_state(str(tmp))
+        if accelerator.is_main_process:
+            (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
+            if final.exists():
+                shutil.rmtree(final)
+            tmp.rename(final)
+    except BaseException:
+        if accelerator.is_main_process and tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process and keep is not None:
+        for old in list_checkpoints(directory)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def resolve_resume(spec: str, directory: Path) -> Path | None:
+    """The checkpoint to resume from: ``latest`` (None if there is none yet) or a path, validated."""
+    if spec == "latest":
+        found = list_checkpoints(directory)
+        if not found:
+            return None
+        path = found[-1]
+    else:
+        path = Path(spec)
+        if not path.is_dir():
+            raise UsageError(
+                f"checkpoint {spec!r} does not exist", "pass a checkpoints/<run>/step-N directory or 'latest'"
+            )
+    read_state(path)
+    return path
+
+
+def read_state(path: Path) -> dict[str, Any]:
+    """The ``trainer_state.json`` of a checkpoint (``UsageError`` if missing or corrupt)."""
+    try:
+        state = json.loads((path / STATE_FILE).read_text())
+        int(state["global_step"]), int(state["epoch"]), int(state["batch_in_epoch"])
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise UsageError(
+            f"checkpoint {str(path)!r} is missing or corrupt ({type(err).__name__}: {err})",
+            "resume from another checkpoint, or start again with --overwrite-output-dir",
+        ) from err
+    if not any(path.glob("model*.safetensors")) and not any(path.glob("pytorch_model*.bin")):
+        raise UsageError(f"checkpoint {str(path)!r} has no model weights", "resume from another checkpoint")
+    return state

@@ -1,0 +1,246 @@
+"""Datasets for ``finetune``: Hub names or local files via ``datasets.load_dataset``, splits, columns,
+tokenisation (causal LM: tokenise then group into blocks; classification: truncate to max length).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from datasets import ClassLabel, Dataset, DatasetDict
+
+from hf_sparseout.training.args import FinetuneArgs, UsageError
+
+# extension -> (datasets builder, extra load_dataset kwargs)
+BUILDERS: dict[str, tuple[str, dict[str, Any]]] = {
+    ".txt": ("text", {}),
+    ".tokens": ("text", {}),
+    ".csv": ("csv", {}),
+    # GLUE-style TSVs (SST-2) contain bare quote characters: read them with csv.QUOTE_NONE.
+    ".tsv": ("csv", {"delimiter": "\t", "quoting": 3}),
+    ".json": ("json", {}),
+    ".jsonl": ("json", {}),
+    ".parquet": ("parquet", {}),
+}
+SPLIT_WORDS = {"train": ("train",), "validation": ("validation", "valid", "dev", "val"), "test": ("test",)}
+TEXT_COLUMNS = ("text", "sentence", "sentence1", "premise", "question", "content", "document")
+PAIR_COLUMNS = {"sentence1": "sentence2", "premise": "hypothesis", "question": "sentence"}
+LABEL_COLUMNS = ("label", "labels", "class", "target", "category")
+
+
+@dataclass
+class PreparedData:
+    """Tokenised splits ready for a DataLoader, plus what the model head needs."""
+
+    train: Dataset
+    eval: Dataset
+    task: str
+    num_labels: int | None = None
+    label_names: list[str] | None = None
+    source: str = ""
+    dataset_names: tuple[str, ...] = ()
+
+
+def _split_of(path: Path) -> str:
+    stem = path.name.lower()
+    for split, words in SPLIT_WORDS.items():
+        if any(w in stem.replace("-", ".").replace("_", ".").split(".") for w in words):
+            return split
+    return "train"
+
+
+def _local_files(path: Path) -> tuple[str, dict[str, Any], dict[str, list[str]]]:
+    if path.is_file():
+        files = [path]
+    else:
+        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in BUILDERS)
+        if not files:
+            raise UsageError(
+                f"no data files in directory {str(path)!r}",
+                f"supported extensions: {', '.join(BUILDERS)} (split from the file name: train / valid|dev / test)",
+            )
+    suffixes = {p.suffix.lower() for p in files}
+    unsupported = suffixes - set(BUILDERS)
+    if unsupported:
+        raise UsageError(
+            f"unsupported data file extension {sorted(unsupported)[0]!r}", f"use one of {', '.join(BUILDERS)}"
+        )
+    builders = {BUILDERS[s][0] for s in suffixes}
+    if len(builders) > 1:
+        raise UsageError(f"{str(path)!r} mixes file types {sorted(suffixes)}", "keep one format per directory")
+    builder, kwargs = BUILDERS[sorted(suffixes)[0]]
+    data_files: dict[str, list[str]] = {}
+    for file in files:
+        data_files.setdefault(_split_of(file) if len(files) > 1 else "train", []).append(str(file))
+    return builder, kwargs, data_files
+
+
+def load_raw(args: FinetuneArgs, task: str) -> tuple[DatasetDict, str, tuple[str, ...]]:
+    """The raw ``DatasetDict`` named by ``--dataset`` (or the built-in offline corpus)."""
+    from datasets import load_dataset
+
+    if args.dataset is None:
+        from hf_sparseout.training.corpus import causal_lm_corpus, classification_corpus
+
+        if task == "causal-lm":
+            return causal_lm_corpus(seed=args.seed), "built-in corpus: pydoc help topics", ()
+        return classification_corpus(seed=args.seed), "built-in corpus: stdlib docstrings by module family", ()
+    path = Path(args.dataset).expanduser()
+    looks_local = path.exists() or args.dataset.startswith((".", "/", "~")) or path.suffix.lower() in BUILDERS
+    if looks_local:
+        if not path.exists():
+            raise UsageError(f"no such file or directory: {args.dataset!r}", "check the path given to --dataset")
+        builder, kwargs, data_files = _local_files(path)
+        try:
+            raw = load_dataset(builder, data_files=data_files, **kwargs)
+        except Exception as err:  # datasets raises many types for unreadable files
+            raise UsageError(f"could not read {args.dataset!r} as {builder}: {err}") from err
+        return raw, f"local {builder} files: {path.name}", ()
+    try:
+        raw = load_dataset(args.dataset, args.dataset_config)
+    except Exception as err:  # ConnectionError, DatasetNotFoundError, FileNotFoundError, ...
+        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0")
+        raise UsageError(
+            f"could not load dataset {args.dataset!r} ({type(err).__name__}: {str(err)[:200]})",
+            "it is not a local path and the Hub "
+            + ("is disabled (HF_HUB_OFFLINE=1) and it is not in the cache" if offline else "may be unreachable")
+            + ": pass local files or a directory (.txt .csv .tsv .json .jsonl .parquet), or set HF_HUB_OFFLINE=1 "
+            "to use a cached copy",
+        ) from err
+    if not isinstance(raw, DatasetDict):
+        raw = DatasetDict({"train": raw})
+    return raw, f"Hub dataset {args.dataset}", (args.dataset,)
+
+
+def pick_splits(raw: DatasetDict, args: FinetuneArgs) -> tuple[Dataset, Dataset]:
+    """The train split and an eval split (named, found, or carved from train)."""
+    splits = list(raw)
+    if args.train_split not in raw:
+        raise UsageError(f"split {args.train_split!r} not found", f"--train-split is one of: {', '.join(splits)}")
+    train = raw[args.train_split]
+    if args.eval_split is not None:
+        if args.eval_split not in raw:
+            raise UsageError(f"split {args.eval_split!r} not found", f"--eval-split is one of: {', '.join(splits)}")
+        evaluation = raw[args.eval_split]
+    else:
+        found = next((s for s in ("validation", "valid", "dev", "test") if s in raw and s != args.train_split), None)
+        if found is None:
+            if len(train) < 2:
+                raise UsageError(f"split {args.train_split!r} has {len(train)} rows: too few to carve an eval split")
+            parts = train.train_test_split(test_size=args.validation_split_percentage / 100, seed=args.seed)
+            train, evaluation = parts["train"], parts["test"]
+        else:
+            evaluation = raw[found]
+    for name, split in (("train", train), ("eval", evaluation)):
+        if len(split) == 0:
+            raise UsageError(f"the {name} split is empty", "check --dataset and the split options")
+    return train, evaluation
+
+
+def _string_columns(dataset: Dataset) -> list[str]:
+    return [
+        name for name, feat in dataset.features.items() if getattr(feat, "dtype", None) in ("string", "large_string")
+    ]
+
+
+def _column(dataset: Dataset, given: str | None, candidates: tuple[str, ...], what: str, option: str) -> str | None:
+    columns = list(dataset.column_names)
+    if given is not None:
+        if given not in columns:
+            raise UsageError(f"{what} column {given!r} not found", f"{option} is one of: {', '.join(columns)}")
+        return given
+    return next((c for c in candidates if c in columns), None)
+
+
+def infer_task(raw: DatasetDict, args: FinetuneArgs) -> str:
+    """``--task`` if given; otherwise classification when a label column exists, else causal LM."""
+    if args.task is not None:
+        return args.task
+    if args.label_column or args.text_pair_column:
+        return "classification"
+    first = raw[next(iter(raw))]
+    return "classification" if any(c in first.column_names for c in LABEL_COLUMNS) else "causal-lm"
+
+
+def prepare(args: FinetuneArgs, tokenizer: Any, task: str, raw: DatasetDict) -> PreparedData:
+    """Tokenise the chosen splits for ``task``."""
+    train, evaluation = pick_splits(raw, args)
+    text_col = _column(train, args.text_column, TEXT_COLUMNS, "text", "--text-column")
+    if text_col is None:
+        strings = _string_columns(train)
+        if not strings:
+            raise UsageError("no text column found", f"pass --text-column; columns: {', '.join(train.column_names)}")
+        text_col = strings[0]
+    if task == "causal-lm":
+        return _prepare_causal(args, tokenizer, train, evaluation, text_col)
+    return _prepare_classification(args, tokenizer, train, evaluation, text_col)
+
+
+def _prepare_causal(args, tokenizer, train, evaluation, text_col) -> PreparedData:
+    block = args.block_size
+
+    def tokenize(batch):
+        texts = [t for t in batch[text_col] if t and t.strip()]
+        return tokenizer(texts, add_special_tokens=False)
+
+    def group(batch):
+        ids = [tok for seq in batch["input_ids"] for tok in seq]
+        total = (len(ids) // block) * block
+        blocks = [ids[i : i + block] for i in range(0, total, block)]
+        return {"input_ids": blocks, "labels": [list(b) for b in blocks]}
+
+    out = []
+    for split in (train, evaluation):
+        tokens = split.map(tokenize, batched=True, remove_columns=split.column_names, desc="tokenizing")
+        tokens = tokens.remove_columns([c for c in tokens.column_names if c != "input_ids"])
+        out.append(tokens.map(group, batched=True, batch_size=1000, desc=f"grouping into blocks of {block}"))
+    train_blocks, eval_blocks = out
+    for name, blocks in (("train", train_blocks), ("eval", eval_blocks)):
+        if len(blocks) == 0:
+            raise UsageError(f"the {name} split has fewer tokens than --block-size {block}", "lower --block-size")
+    if args.max_train_samples:
+        train_blocks = train_blocks.select(range(min(args.max_train_samples, len(train_blocks))))
+    if args.max_eval_samples:
+        eval_blocks = eval_blocks.select(range(min(args.max_eval_samples, len(eval_blocks))))
+    return PreparedData(train_blocks, eval_blocks, "causal-lm")
+
+
+def _prepare_classification(args, tokenizer, train, evaluation, text_col) -> PreparedData:
+    label_col = _column(train, args.label_column, LABEL_COLUMNS, "label", "--label-column")
+    if label_col is None or label_col not in evaluation.column_names:
+        raise UsageError(
+            "classification needs labels: no label column found",
+            f"pass --label-column; columns: {', '.join(train.column_names)}",
+        )
+    pair_col = _column(
+        train, args.text_pair_column, (PAIR_COLUMNS.get(text_col, ""),), "text pair", "--text-pair-column"
+    )
+    feature = train.features[label_col]
+    if isinstance(feature, ClassLabel):
+        names = list(feature.names)
+        to_id = None
+    else:
+        values = sorted({*train.unique(label_col), *evaluation.unique(label_col)}, key=str)
+        if any(v is None for v in values):
+            raise UsageError(f"label column {label_col!r} has missing values", "drop unlabelled rows first")
+        names = [str(v) for v in values]
+        to_id = {v: i for i, v in enumerate(values)}
+    if len(names) < 2:
+        raise UsageError(f"label column {label_col!r} has {len(names)} distinct value(s): need at least 2")
+    if args.max_train_samples:
+        train = train.select(range(min(args.max_train_samples, len(train))))
+    if args.max_eval_samples:
+        evaluation = evaluation.select(range(min(args.max_eval_samples, len(evaluation))))
+
+    def encode(batch):
+        pairs = batch[pair_col] if pair_col else None
+        enc = tokenizer(batch[text_col], pairs, truncation=True, max_length=args.max_length)
+        enc["labels"] = [to_id[v] for v in batch[label_col]] if to_id else batch[label_col]
+        return enc
+
+    cols = lambda ds: ds.column_names  # noqa: E731
+    train = train.map(encode, batched=True, remove_columns=cols(train), desc="tokenizing")
+    evaluation = evaluation.map(encode, batched=True, remove_columns=cols(evaluation), desc="tokenizing")
+    return PreparedData(train, evaluation, "classification", num_labels=len(names), label_names=names)

@@ -1,0 +1,80 @@
+"""Evaluation: token-weighted perplexity, accuracy and macro-F1, gathered across processes.
+
+Every number is reduced from per-example sums gathered with ``accelerator.gather_for_metrics``
+(which drops the samples duplicated to even out the last batch), never from per-batch means.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+
+def per_example_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(summed next-token NLL, number of predicted tokens) per example; labels of -100 are ignored."""
+    shift_logits = logits[:, :-1, :].float()
+    shift_labels = labels[:, 1:]
+    nll = F.cross_entropy(shift_logits.transpose(1, 2), shift_labels, ignore_index=-100, reduction="none")
+    mask = shift_labels != -100
+    return (nll * mask).sum(dim=1).double(), mask.sum(dim=1).double()
+
+
+def macro_f1(predictions: torch.Tensor, labels: torch.Tensor, num_labels: int) -> float:
+    """Unweighted mean of per-class F1 (a class absent from both predictions and labels is skipped)."""
+    scores = []
+    for c in range(num_labels):
+        tp = ((predictions == c) & (labels == c)).sum().item()
+        fp = ((predictions == c) & (labels != c)).sum().item()
+        fn = ((predictions != c) & (labels == c)).sum().item()
+        if tp + fp + fn == 0:
+            continue
+        scores.append(2 * tp / (2 * tp + fp + fn))
+    return sum(scores) / len(scores) if scores else 0.0
+
+
+@torch.no_grad()
+def evaluate(
+    model: Any, dataloader: Any, accelerator: Any, task: str, num_labels: int | None = None, monitor: Any = None
+) -> dict[str, float]:
+    """Evaluate ``model`` on ``dataloader`` (already prepared); returns the gathered metrics.
+
+    ``monitor`` (a ``SparsityMonitor``) is active during the same pass, so sparsity costs no extra pass.
+    """
+    model.eval()
+    with monitor if monitor is not None else contextlib.nullcontext():
+        return _evaluate(model, dataloader, accelerator, task, num_labels)
+
+
+def _evaluate(model: Any, dataloader: Any, accelerator: Any, task: str, num_labels: int | None) -> dict[str, float]:
+    nll_sum = torch.zeros((), dtype=torch.float64)
+    token_count = torch.zeros((), dtype=torch.float64)
+    predictions, references = [], []
+    for batch in dataloader:
+        outputs = model(**{k: v for k, v in batch.items() if k != "labels"})
+        if task == "causal-lm":
+            nll, count = per_example_nll(outputs.logits, batch["labels"])
+            nll, count = accelerator.gather_for_metrics((nll, count))
+            nll_sum += nll.sum().cpu()
+            token_count += count.sum().cpu()
+        else:
+            logits = outputs.logits
+            nll = F.cross_entropy(logits.float(), batch["labels"], reduction="none").double()
+            preds, labels, nll = accelerator.gather_for_metrics((logits.argmax(dim=-1), batch["labels"], nll))
+            predictions.append(preds.cpu())
+            references.append(labels.cpu())
+            nll_sum += nll.sum().cpu()
+            token_count += nll.numel()
+    loss = (nll_sum / token_count).item() if token_count > 0 else float("nan")
+    if task == "causal-lm":
+        return {"eval_loss": loss, "perplexity": math.exp(min(loss, 700.0)), "eval_tokens": int(token_count.item())}
+    preds, refs = torch.cat(predictions), torch.cat(references)
+    return {
+        "eval_loss": loss,
+        "accuracy": (preds == refs).double().mean().item(),
+        "f1_macro": macro_f1(preds, refs, num_labels or int(refs.max().item()) + 1),
+        "eval_samples": int(refs.numel()),
+    }

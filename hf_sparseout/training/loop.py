@@ -1,0 +1,203 @@
+"""One training run with accelerate: patched (Sparseout) or the dropout baseline.
+
+The baseline is the same patch with ``q = 2``: Sparseout at q = 2 *is* inverted dropout (it calls
+``F.dropout``), so the two runs share the model, the seed, the data order and the measured sites.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+import hf_sparseout
+from hf_sparseout.training import checkpoints
+from hf_sparseout.training.args import FinetuneArgs
+from hf_sparseout.training.evaluation import evaluate
+from hf_sparseout.training.sparsity import make_monitor, summarize
+
+
+@dataclass
+class RunResult:
+    """What one run produced."""
+
+    name: str
+    q: float
+    report: Any
+    evals: list[dict[str, Any]] = field(default_factory=list)
+    train_loss: list[tuple[int, float]] = field(default_factory=list)
+    sparsity: dict[str, Any] = field(default_factory=dict)
+    global_step: int = 0
+    train_seconds: float = 0.0
+    throughput: float = 0.0
+    throughput_unit: str = "tokens/s"
+    peak_memory_mb: float | None = None
+    model: Any = None
+
+    @property
+    def final(self) -> dict[str, Any]:
+        """The last evaluation's metrics (with overall Hoyer sparsity)."""
+        return self.evals[-1] if self.evals else {}
+
+
+def sparseout_config(args: FinetuneArgs, q: float) -> hf_sparseout.SparseoutConfig:
+    """The patch for a run: the user's Sparseout options, with ``q`` for this run."""
+    return hf_sparseout.SparseoutConfig(
+        p=args.p,
+        q=q,
+        targets=args.targets,
+        exclude=args.exclude,
+        attention=args.attention,
+        insert=args.insert,
+        gradient=args.gradient,
+    )
+
+
+def _optimizer(model: torch.nn.Module, args: FinetuneArgs) -> torch.optim.Optimizer:
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        (no_decay if param.ndim < 2 or "norm" in name.lower() else decay).append(param)
+    groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=args.learning_rate)
+
+
+def run(
+    name: str,
+    q: float,
+    args: FinetuneArgs,
+    accelerator: Any,
+    make_model: Any,
+    train_set: Any,
+    eval_set: Any,
+    collate: Any,
+    task: str,
+    num_labels: int | None,
+    log: Any,
+) -> RunResult:
+    """Train one model (``name`` = ``sparseout`` or ``baseline``) and evaluate it along the way."""
+    from accelerate.utils import set_seed
+    from tqdm.auto import tqdm
+    from transformers import get_scheduler
+
+    set_seed(args.seed)
+    model = make_model()
+    if args.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    report = hf_sparseout.patch(model, sparseout_config(args, q))
+    generator = torch.Generator().manual_seed(args.seed)
+    train_dl = DataLoader(train_set, batch_size=args.batch_size, shuffle=True, collate_fn=collate, generator=generator)
+    eval_dl = DataLoader(eval_set, batch_size=args.batch_size, shuffle=False, collate_fn=collate)
+    optimizer = _optimizer(model, args)
+    per_epoch = max(1, math.ceil(len(train_dl) / max(1, accelerator.num_processes) / args.gradient_accumulation_steps))
+    total = args.max_steps if args.max_steps is not None else max(1, math.ceil(args.epochs * per_epoch))
+    scheduler = get_scheduler(
+        args.lr_scheduler, optimizer, num_warmup_steps=int(args.warmup_ratio * total), num_training_steps=max(total, 1)
+    )
+    model, optimizer, train_dl, eval_dl, scheduler = accelerator.prepare(model, optimizer, train_dl, eval_dl, scheduler)
+    result = RunResult(name, q, report, model=model)
+    ckpt_dir = checkpoints.run_dir(args.output_dir, name)
+    epoch = batch_in_epoch = 0
+    if args.resume_from_checkpoint:
+        path = checkpoints.resolve_resume(args.resume_from_checkpoint, ckpt_dir)
+        if path is not None:
+            accelerator.load_state(str(path))
+            state = checkpoints.read_state(path)
+            result.global_step, epoch, batch_in_epoch = state["global_step"], state["epoch"], state["batch_in_epoch"]
+            result.evals, result.train_loss = state.get("evals", []), [tuple(x) for x in state.get("train_loss", [])]
+            log(f"[{name}] resumed from {path} at step {result.global_step}")
+
+    def do_eval() -> None:
+        monitor = make_monitor(accelerator.unwrap_model(model))
+        metrics = evaluate(model, eval_dl, accelerator, task, num_labels, monitor=monitor)
+        sparsity = summarize(monitor)
+        metrics["hoyer"] = sparsity["overall"]["hoyer"]
+        result.sparsity = sparsity
+        result.evals.append({"step": result.global_step, **metrics})
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float))
+        log(f"[{name}] eval @ step {result.global_step}: {shown}")
+        accelerator.log({f"{name}/{k}": v for k, v in metrics.items()}, step=result.global_step)
+        model.train()
+
+    bar = tqdm(
+        total=total, initial=result.global_step, desc=f"{name} (q={q:g})", disable=not accelerator.is_local_main_process
+    )
+    start, seen_units = time.perf_counter(), 0
+    model.train()
+    running = 0.0
+    while result.global_step < total:
+        train_dl.set_epoch(epoch)
+        loader = accelerator.skip_first_batches(train_dl, batch_in_epoch) if batch_in_epoch else train_dl
+        for batch in loader:
+            with accelerator.accumulate(model):
+                loss = model(**batch).loss
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and args.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+            batch_in_epoch += 1
+            running += loss.detach().float().item() / args.gradient_accumulation_steps
+            units = batch["attention_mask"].sum() if "attention_mask" in batch else batch["input_ids"].numel()
+            seen_units += (
+                int(units) * accelerator.num_processes
+                if task == "causal-lm"
+                else len(batch["labels"]) * accelerator.num_processes
+            )
+            if not accelerator.sync_gradients:
+                continue
+            result.global_step += 1
+            avg = running
+            running = 0.0
+            result.train_loss.append((result.global_step, avg))
+            rate = seen_units / max(time.perf_counter() - start, 1e-9)
+            lr = scheduler.get_last_lr()[0]
+            bar.set_postfix(
+                loss=f"{avg:.3f}", lr=f"{lr:.2e}", **{"tok/s" if task == "causal-lm" else "samples/s": f"{rate:.0f}"}
+            )
+            bar.update(1)
+            accelerator.log({f"{name}/train_loss": avg, f"{name}/lr": lr}, step=result.global_step)
+            eval_every = args.eval_steps or (max(1, math.ceil(total / 4)) if args.offline_default else None)
+            if eval_every and result.global_step % eval_every == 0 and result.global_step < total:
+                do_eval()
+            if args.save_steps and result.global_step % args.save_steps == 0:
+                state = {
+                    "global_step": result.global_step,
+                    "epoch": epoch,
+                    "batch_in_epoch": batch_in_epoch,
+                    "evals": result.evals,
+                    "train_loss": result.train_loss,
+                }
+                checkpoints.save_checkpoint(accelerator, ckpt_dir, state, args.save_total_limit)
+            if result.global_step >= total:
+                break
+        else:
+            epoch, batch_in_epoch = epoch + 1, 0
+            continue
+        break
+    bar.close()
+    result.train_seconds = time.perf_counter() - start
+    result.throughput = seen_units / max(result.train_seconds, 1e-9)
+    result.throughput_unit = "tokens/s" if task == "causal-lm" else "samples/s"
+    if torch.cuda.is_available():
+        result.peak_memory_mb = torch.cuda.max_memory_allocated() / 2**20
+    do_eval()
+    return result
+
+
+def save_final(result: RunResult, accelerator: Any, tokenizer: Any, directory: Path) -> None:
+    """Save the trained (still patched) model and tokenizer in ``save_pretrained`` layout."""
+    accelerator.wait_for_everyone()
+    model = accelerator.unwrap_model(result.model)
+    if accelerator.is_main_process:
+        directory.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(directory, save_function=accelerator.save)
+        tokenizer.save_pretrained(directory)
+    accelerator.wait_for_everyone()

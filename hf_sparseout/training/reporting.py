@@ -1,0 +1,195 @@
+"""What a run leaves behind: metrics.json, report.md, plots, hf_sparseout_run.json, the summary table."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from hf_sparseout.training.args import FinetuneArgs
+from hf_sparseout.training.loop import RunResult
+
+RUN_FILE = "hf_sparseout_run.json"
+PLOTS = {
+    "training_loss": "training_loss.png",
+    "eval_metric": "eval_metric.png",
+    "per_site_hoyer": "sparsity_per_site.png",
+}
+
+
+def headline(task: str) -> tuple[str, str]:
+    """(metric key, label) of the task's main eval metric."""
+    return ("perplexity", "perplexity (lower is better)") if task == "causal-lm" else ("accuracy", "accuracy")
+
+
+def summary_rows(results: list[RunResult], task: str) -> list[dict[str, Any]]:
+    """One row per run: the final eval metrics, sparsity and throughput."""
+    key, _ = headline(task)
+    rows = []
+    for r in results:
+        final = r.final
+        rows.append(
+            {
+                "run": r.name,
+                "q": r.q,
+                key: final.get(key),
+                **({"f1_macro": final.get("f1_macro")} if task == "classification" else {}),
+                "eval_loss": final.get("eval_loss"),
+                "hoyer": final.get("hoyer"),
+                "sites": len(r.report.sparseout_sites),
+                "steps": r.global_step,
+                r.throughput_unit: int(r.throughput),
+                "peak_memory_mb": r.peak_memory_mb,
+            }
+        )
+    return rows
+
+
+def write_metrics(out: Path, args: FinetuneArgs, results: list[RunResult], task: str, data_source: str) -> Path:
+    """``metrics.json``: every eval of every run, the training-loss curve, per-site sparsity, the options."""
+    data = {
+        "task": task,
+        "data": data_source,
+        "args": args.to_dict(),
+        "summary": summary_rows(results, task),
+        "runs": {
+            r.name: {
+                "q": r.q,
+                "evals": r.evals,
+                "train_loss": r.train_loss,
+                "sparsity": r.sparsity,
+                "sites": [s.__dict__ for s in r.report.sites],
+                "train_seconds": r.train_seconds,
+                "throughput": r.throughput,
+                "throughput_unit": r.throughput_unit,
+                "peak_memory_mb": r.peak_memory_mb,
+            }
+            for r in results
+        },
+    }
+    path = out / "metrics.json"
+    path.write_text(json.dumps(data, indent=2, default=float))
+    return path
+
+
+def write_plots(out: Path, results: list[RunResult], task: str) -> dict[str, str]:
+    """Training loss, eval metric vs step, and per-site Hoyer sparsity (runs overlaid)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    key, label = headline(task)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for r in results:
+        steps, losses = zip(*r.train_loss, strict=True) if r.train_loss else ((), ())
+        ax.plot(steps, losses, label=f"{r.name} (q={r.q:g})", alpha=0.85)
+    ax.set(xlabel="optimizer step", ylabel="training loss", title="Training loss")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / PLOTS["training_loss"], dpi=120)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for r in results:
+        ax.plot([e["step"] for e in r.evals], [e.get(key) for e in r.evals], marker="o", label=f"{r.name} (q={r.q:g})")
+    ax.set(xlabel="optimizer step", ylabel=label, title=f"Eval {key}")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / PLOTS["eval_metric"], dpi=120)
+    plt.close(fig)
+
+    sites = list(results[0].sparsity.get("sites", {}))
+    fig, ax = plt.subplots(figsize=(max(7, 0.35 * len(sites) + 2), 4.5))
+    width = 0.8 / len(results)
+    for i, r in enumerate(results):
+        values = [r.sparsity.get("sites", {}).get(s, {}).get("hoyer", float("nan")) for s in sites]
+        ax.bar([x + i * width for x in range(len(sites))], values, width=width, label=f"{r.name} (q={r.q:g})")
+    ax.set_xticks([x + width * (len(results) - 1) / 2 for x in range(len(sites))])
+    ax.set_xticklabels(sites, rotation=70, ha="right", fontsize=7)
+    ax.set(ylabel="Hoyer sparsity (0 dense .. 1 one-hot)")
+    ax.set_title("Activation sparsity entering each site (eval)", pad=28)
+    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(results), frameon=False)
+    fig.tight_layout()
+    fig.savefig(out / PLOTS["per_site_hoyer"], dpi=120)
+    plt.close(fig)
+    return dict(PLOTS)
+
+
+def write_report(out: Path, args: FinetuneArgs, results: list[RunResult], task: str, data_source: str) -> Path:
+    """``report.md``: the summary table, per-site sparsity, plots, and the command's options."""
+    rows = summary_rows(results, task)
+    columns = [c for c in rows[0] if any(r.get(c) is not None for r in rows)]
+
+    def cell(v: Any) -> str:
+        return f"{v:.4g}" if isinstance(v, float) else ("" if v is None else str(v))
+
+    lines = [f"# hf-sparseout finetune: {task}", "", f"Data: {data_source}.", ""]
+    lines += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(r.get(c)) for c in columns) + " |" for r in rows]
+    sites = list(results[0].sparsity.get("sites", {}))
+    if sites:
+        lines += ["", "## Hoyer sparsity per site (eval, pre-noise activations)", ""]
+        lines += ["| site | " + " | ".join(r.name for r in results) + " |", "|---|" + "---|" * len(results)]
+        for s in sites:
+            values = [cell(r.sparsity.get("sites", {}).get(s, {}).get("hoyer")) for r in results]
+            lines.append(f"| {s} | " + " | ".join(values) + " |")
+    lines += ["", *(f"![{name}]({file})" for name, file in PLOTS.items()), ""]
+    lines += ["## Options", "", "```json", args.to_json(), "```", ""]
+    path = out / "report.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def write_run_file(
+    out: Path, args: FinetuneArgs, results: list[RunResult], task: str, datasets: tuple[str, ...]
+) -> Path:
+    """``hf_sparseout_run.json``: what the model card is generated from (no local paths)."""
+    model = args.model if args.model and not Path(args.model).expanduser().exists() else None
+    main = results[0]
+
+    def final(r: RunResult) -> dict[str, Any]:
+        return {k: v for k, v in r.final.items() if k != "step"}
+
+    data = {
+        "task": task,
+        "base_model": model,
+        "datasets": list(datasets),
+        "license": None,
+        "sparseout": main.report.config,
+        "sites": [s.__dict__ for s in main.report.sites],
+        "hyperparameters": {
+            k: v
+            for k, v in args.to_dict().items()
+            if k
+            not in (
+                "output_dir",
+                "model",
+                "dataset",
+                "tokenizer",
+                "from_config",
+                "resume_from_checkpoint",
+                "hub_model_id",
+            )
+        },
+        "results": {"sparseout": final(main), "baseline": final(results[1]) if len(results) > 1 else None},
+        "plots": dict(PLOTS),
+    }
+    path = out / RUN_FILE
+    path.write_text(json.dumps(data, indent=2, default=float))
+    return path
+
+
+def print_summary(results: list[RunResult], task: str) -> None:
+    """The final comparison as a rich table on stdout."""
+    from rich.console import Console
+    from rich.table import Table
+
+    rows = summary_rows(results, task)
+    columns = [c for c in rows[0] if any(r.get(c) is not None for r in rows)]
+    table = Table(title=f"hf-sparseout finetune ({task})")
+    for c in columns:
+        table.add_column(c, justify="left" if c == "run" else "right")
+    for r in rows:
+        table.add_row(*(f"{r[c]:.4g}" if isinstance(r.get(c), float) else str(r.get(c, "")) for c in columns))
+    Console().print(table)

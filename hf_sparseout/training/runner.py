@@ -1,0 +1,138 @@
+"""``finetune(args)``: data → tokenizer → model → Sparseout run (+ dropout baseline) → files."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hf_sparseout.training import checkpoints, reporting
+from hf_sparseout.training.args import FinetuneArgs, UsageError
+from hf_sparseout.training.data import infer_task, load_raw, prepare
+from hf_sparseout.training.loop import RunResult, run, save_final, sparseout_config
+from hf_sparseout.training.modeling import build_model, default_model, load_tokenizer, train_tokenizer
+
+
+@dataclass
+class FinetuneOutcome:
+    """What ``finetune`` returns: the runs, the task and where everything was written."""
+
+    task: str
+    results: list[RunResult]
+    output_dir: Path
+    files: dict[str, str]
+
+    def summary(self) -> list[dict[str, Any]]:
+        """One row per run (final metrics, sparsity, throughput)."""
+        return reporting.summary_rows(self.results, self.task)
+
+
+def check_output_dir(args: FinetuneArgs) -> Path:
+    """Refuse a non-empty output directory unless overwriting or resuming; clear stale checkpoints."""
+    out = Path(args.output_dir).expanduser()
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--output-dir {str(out)!r} is a file", "choose a directory path")
+    non_empty = out.is_dir() and any(out.iterdir())
+    if args.resume_from_checkpoint:
+        if args.resume_from_checkpoint == "latest" and not any(
+            checkpoints.list_checkpoints(checkpoints.run_dir(out, r)) for r in ("sparseout", "baseline")
+        ):
+            raise UsageError(
+                f"no checkpoint to resume from in {str(out / 'checkpoints')!r}",
+                "train with --save-steps to write checkpoints, or drop --resume-from-checkpoint",
+            )
+        return out
+    if non_empty and not args.overwrite_output_dir:
+        raise UsageError(
+            f"output directory {str(out)!r} is not empty",
+            "pass --overwrite-output-dir to replace it, or --resume-from-checkpoint latest to continue a run",
+        )
+    if non_empty:
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    return out
+
+
+def _accelerator(args: FinetuneArgs) -> Any:
+    from accelerate import Accelerator
+    from accelerate.utils import DataLoaderConfiguration
+
+    trackers = [t for t in args.report_to if t != "none"]
+    try:
+        return Accelerator(
+            gradient_accumulation_steps=args.gradient_accumulation_steps,
+            mixed_precision=args.mixed_precision,
+            log_with=trackers or None,
+            project_dir=args.output_dir,
+            dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        )
+    except (ValueError, ImportError, RuntimeError) as err:
+        raise UsageError(f"accelerate could not start: {err}", "check --mixed-precision and --report-to") from err
+
+
+def _texts(raw: Any, args: FinetuneArgs) -> list[str]:
+    split = raw[args.train_split] if args.train_split in raw else raw[next(iter(raw))]
+    column = args.text_column or next(
+        (c for c in ("text", "sentence") if c in split.column_names), split.column_names[0]
+    )
+    return [t for t in split[column] if isinstance(t, str)]
+
+
+def finetune(args: FinetuneArgs, log: Any = print) -> FinetuneOutcome:
+    """Run ``hf-sparseout finetune`` with ``args``; ``UsageError`` for bad input, before anything is written."""
+    from transformers import DataCollatorWithPadding, default_data_collator
+
+    args.validate()
+    args.resolve_defaults()
+    try:
+        sparseout_config(args, args.q)
+    except ValueError as err:
+        raise UsageError(
+            str(err), "see --p, --q, --targets, --exclude, --insert in hf-sparseout finetune --help"
+        ) from err
+    out = check_output_dir(args)
+    task = args.task or ("causal-lm" if args.dataset is None else None)
+    raw, source, dataset_names = load_raw(args, task or "causal-lm")
+    task = task or infer_task(raw, args)
+    model_name, from_config = default_model(args, task)
+    tokenizer_name = args.tokenizer or model_name
+    tokenizer = load_tokenizer(tokenizer_name) if tokenizer_name else train_tokenizer(_texts(raw, args))
+    prepared = prepare(args, tokenizer, task, raw)
+    log(
+        f"task: {task}; data: {source}; model: {model_name or 'from config ' + str(from_config)}; "
+        f"train {len(prepared.train)} / eval {len(prepared.eval)} {'blocks' if task == 'causal-lm' else 'examples'}"
+    )
+    collate = default_data_collator if task == "causal-lm" else DataCollatorWithPadding(tokenizer)
+
+    def make_model() -> Any:
+        return build_model(model_name, from_config, task, tokenizer, prepared.label_names)
+
+    accelerator = _accelerator(args)
+    accelerator.init_trackers("hf-sparseout", config={k: str(v) for k, v in args.to_dict().items()})
+    common = dict(
+        accelerator=accelerator,
+        make_model=make_model,
+        train_set=prepared.train,
+        eval_set=prepared.eval,
+        collate=collate,
+        task=task,
+        num_labels=prepared.num_labels,
+        log=log,
+    )
+    try:
+        results = [run("sparseout", args.q, args, **common)]
+        if args.baseline:
+            results.append(run("baseline", 2.0, args, **common))
+    except ValueError as err:  # e.g. a pattern that matches nothing in this model
+        raise UsageError(str(err), "run hf-sparseout inspect on the model to see its sites") from err
+    save_final(results[0], accelerator, tokenizer, out)
+    if args.baseline:
+        save_final(results[1], accelerator, tokenizer, out / "baseline")
+    files: dict[str, str] = {}
+    if accelerator.is_main_process:
+        files["metrics"] = str(reporting.write_metrics(out, args, results, task, source))
+        files.update({k: str(out / v) for k, v in reporting.write_plots(out, results, task).items()})
+        files["report"] = str(reporting.write_report(out, args, results, task, source))
+        files["run"] = str(reporting.write_run_file(out, args, results, task, dataset_names))
+    accelerator.end_training()
+    return FinetuneOutcome(task, results, out, files)
