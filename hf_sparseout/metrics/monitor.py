@@ -70,10 +70,10 @@ class SparsityMonitor:
     Activity: hooks exist only while the monitor is active (``with monitor:`` or between
     :meth:`start` and :meth:`stop`); sums survive stop/start until :meth:`reset`. With
     ``mode="any"`` (default) it measures in train and eval mode alike (``"train"``/``"eval"``
-    restrict it, by the watched module's ``training`` flag). Note that in eval mode the patcher
-    applies attention-probability and functional sites without calling their module (they are
-    identities), so only module sites are seen in eval. Recomputation during backward (gradient
-    checkpointing) is not counted twice.
+    restrict it, by the watched module's ``training`` flag). In eval mode the model does not apply
+    attention-probability dropout at all (it passes ``dropout=0``), so those sites are only seen
+    in training mode; module and functional sites are seen in both. Recomputation during backward
+    (gradient checkpointing) is not counted twice.
 
     Example:
         >>> with SparsityMonitor(model) as monitor:  # doctest: +SKIP
