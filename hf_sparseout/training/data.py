@@ -96,6 +96,8 @@ def load_raw(args: FinetuneArgs, task: str) -> tuple[DatasetDict, str, tuple[str
         try:
             raw = load_dataset(builder, data_files=data_files, **kwargs)
         except Exception as err:  # datasets raises many types for unreadable files
+            if "corresponds to no data" in str(err):
+                raise UsageError(f"the dataset {args.dataset!r} is empty: it has no rows") from err
             raise UsageError(f"could not read {args.dataset!r} as {builder}: {err}") from err
         return raw, f"local {builder} files: {path.name}", ()
     try:
@@ -164,15 +166,21 @@ def infer_task(raw: DatasetDict, args: FinetuneArgs) -> str:
     return "classification" if any(c in first.column_names for c in LABEL_COLUMNS) else "causal-lm"
 
 
+def text_column(dataset: Dataset, args: FinetuneArgs) -> str:
+    """``--text-column`` (checked), else a conventional name, else the first string column."""
+    column = _column(dataset, args.text_column, TEXT_COLUMNS, "text", "--text-column")
+    if column is None:
+        strings = _string_columns(dataset)
+        if not strings:
+            raise UsageError("no text column found", f"pass --text-column; columns: {', '.join(dataset.column_names)}")
+        column = strings[0]
+    return column
+
+
 def prepare(args: FinetuneArgs, tokenizer: Any, task: str, raw: DatasetDict) -> PreparedData:
     """Tokenise the chosen splits for ``task``."""
     train, evaluation = pick_splits(raw, args)
-    text_col = _column(train, args.text_column, TEXT_COLUMNS, "text", "--text-column")
-    if text_col is None:
-        strings = _string_columns(train)
-        if not strings:
-            raise UsageError("no text column found", f"pass --text-column; columns: {', '.join(train.column_names)}")
-        text_col = strings[0]
+    text_col = text_column(train, args)
     if task == "causal-lm":
         return _prepare_causal(args, tokenizer, train, evaluation, text_col)
     return _prepare_classification(args, tokenizer, train, evaluation, text_col)

@@ -9,7 +9,7 @@ from typing import Any
 
 from hf_sparseout.training import checkpoints, reporting
 from hf_sparseout.training.args import FinetuneArgs, UsageError
-from hf_sparseout.training.data import infer_task, load_raw, prepare
+from hf_sparseout.training.data import infer_task, load_raw, pick_splits, prepare, text_column
 from hf_sparseout.training.loop import RunResult, run, save_final, sparseout_config
 from hf_sparseout.training.modeling import build_model, default_model, load_tokenizer, train_tokenizer
 
@@ -71,11 +71,8 @@ def _accelerator(args: FinetuneArgs) -> Any:
 
 
 def _texts(raw: Any, args: FinetuneArgs) -> list[str]:
-    split = raw[args.train_split] if args.train_split in raw else raw[next(iter(raw))]
-    column = args.text_column or next(
-        (c for c in ("text", "sentence") if c in split.column_names), split.column_names[0]
-    )
-    return [t for t in split[column] if isinstance(t, str)]
+    train, _ = pick_splits(raw, args)
+    return [t for t in train[text_column(train, args)] if isinstance(t, str)]
 
 
 def finetune(args: FinetuneArgs, log: Any = print) -> FinetuneOutcome:

@@ -1,0 +1,57 @@
+"""Shared pieces of the finetune tests: small local datasets and a CliRunner wrapper."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from hf_sparseout_cli.main import app
+
+SENTENCES = [
+    "the quick brown fox jumps over the lazy dog",
+    "a stitch in time saves nine and a penny saved is a penny earned",
+    "all that glitters is not gold but the early bird catches the worm",
+    "curiosity killed the cat while the cat was away the mice did play",
+    "practice makes perfect and perfect practice makes the master",
+    "when in rome do as the romans do and the romans did as they pleased",
+]
+FAST = ["--from-config", "gpt2-tiny", "--block-size", "16", "--batch-size", "4", "--learning-rate", "1e-3"]
+
+
+def write_text_corpus(directory: Path, lines: int = 120) -> Path:
+    """A train/valid pair of .txt files (split taken from the file names)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    body = [SENTENCES[i % len(SENTENCES)] + f" number {i}" for i in range(lines)]
+    (directory / "corpus.train.txt").write_text("\n".join(body))
+    (directory / "corpus.valid.txt").write_text("\n".join(body[: lines // 4]))
+    return directory
+
+
+def write_labelled_csv(path: Path, rows: int = 80) -> Path:
+    """A two-class CSV: sentences about animals (1) or money (0)."""
+    animals = ["the cat sat on the mat", "dogs chase the ball", "the bird sings at dawn", "a horse runs fast"]
+    money = ["the bank raised interest", "stocks fell sharply today", "save a penny each day", "prices rose again"]
+    lines = ["text,label"]
+    for i in range(rows):
+        lines.append(f"{animals[i % 4]} {i},1" if i % 2 else f"{money[i % 4]} {i},0")
+    path.write_text("\n".join(lines))
+    return path
+
+
+def invoke(*args: str):
+    """Run ``hf-sparseout finetune`` in-process; returns the CliRunner result."""
+    from accelerate.state import AcceleratorState
+
+    try:
+        return CliRunner().invoke(app, ["finetune", *args])
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def json_tail(output: str) -> dict:
+    """The JSON object printed last by --format json."""
+    return json.loads(
+        output[output.rindex('\n{"task"') + 1 :] if '\n{"task"' in output else output[output.index("{") :]
+    )
