@@ -158,7 +158,7 @@ def test_sst2_slice_with_pretrained_minilm_beats_chance(tmp_path):
         "--batch-size",
         "16",
         "--learning-rate",
-        "1e-4",
+        "3e-4",
         "--max-length",
         "64",
     )
