@@ -87,6 +87,8 @@ def run(
     from transformers import get_scheduler
 
     set_seed(args.seed)
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
     model = make_model()
     if args.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
