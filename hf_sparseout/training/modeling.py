@@ -156,6 +156,8 @@ def build_model(
     else:
         config = _config_from(from_config)
         config.vocab_size = len(tokenizer)
+        for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+            setattr(config, name, getattr(tokenizer, name, None))
         for key, value in head.items():
             setattr(config, key, value)
         cls = AutoModelForCausalLM if task == "causal-lm" else AutoModelForSequenceClassification
