@@ -19,11 +19,14 @@ Two backward rules are offered:
 
 Numerical safety. For ``q < 2`` both rules contain a negative power of ``|x|``, which is
 infinite at ``x = 0`` (the authors add ``1e-12`` to ``|x|``, which is 0 in float16 and
-still gives a factor of ``1e9`` at ``q = 0.5``). Here the power term is clamped to at most
-:data:`MAX_SCALE` (``1e4``), so ``|factor| <= 1 + MAX_SCALE * max(1, p / (1 - p))`` for
-every input. The clamp only changes values where ``|x| ** e > 1e4``, i.e. for ``q = 0.5``
-where ``|x| < 4.6e-6``. Half-precision inputs are computed in float32 and the result is
-saturated to the dtype's finite range instead of overflowing to ``inf``.
+still gives a factor of ``1e9`` at ``q = 0.5``). Here the power term (``|x| ** e`` times the
+rule's coefficient, ``1`` or ``q / 2``) is clamped to at most :data:`MAX_SCALE` (``1e4``), so
+``|factor| <= 1 + MAX_SCALE * max(1, p / (1 - p))`` for every input. The clamp only changes
+values where that term exceeds ``1e4``: e.g. for ``q = 0.5`` where ``|x| < 4.6e-6``
+(reference), for ``q = 4`` where ``|x| > 1e4`` (reference) or ``5e3`` (exact). ``sign(0) = 0``,
+so a zero input stays zero for every ``q`` (``q = 0`` included). Half-precision inputs are
+computed in float32 and the result is saturated to the dtype's finite range instead of
+overflowing to ``inf``.
 
 Memory. Backward saves the input and a 1-byte boolean mask (``q != 2``), or only the mask
 (``q == 2``, native dropout): never a full-size float noise or factor tensor.
@@ -39,7 +42,7 @@ import torch.nn.functional as F
 from hf_sparseout.ops import backend as _backend
 
 MAX_SCALE: float = 1e4
-"""Upper bound on the ``|x| ** e`` term of both gradient rules (see module docstring)."""
+"""Upper bound on the power term (coefficient included) of both gradient rules (see module docstring)."""
 
 GRADIENT_MODES: tuple[str, ...] = ("reference", "exact")
 
@@ -69,7 +72,9 @@ def draw_mask(x: torch.Tensor, p: float) -> torch.Tensor:
 
 
 def _noise(mask: torch.Tensor, p: float, dtype: torch.dtype) -> torch.Tensor:
-    return mask.to(dtype).mul_(1.0 / (1.0 - p)).sub_(1.0)
+    """``m / (1 - p) - 1`` in one pass: ``p / (1 - p)`` where kept, ``-1`` where dropped."""
+    keep = torch.tensor(p / (1.0 - p), dtype=dtype, device=mask.device)
+    return torch.where(mask, keep, torch.tensor(-1.0, dtype=dtype, device=mask.device))
 
 
 def _saturate(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -78,7 +83,9 @@ def _saturate(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 
 def _signed_power(xc: torch.Tensor, q: float) -> torch.Tensor:
-    """``sign(x) * |x| ** (q / 2)``, finite at ``x = 0`` for every ``q >= 0``."""
+    """``sign(x) * |x| ** (q / 2)``, finite at ``x = 0`` for every ``q >= 0`` (``0`` there, ``sign(0) = 0``)."""
+    if q == 0.0:
+        return torch.sign(xc)  # copysign(|x| ** 0, x) would give +-1 at x = +-0
     if q == 1.0:
         mag = xc.abs().sqrt_()
     elif q == 4.0:
@@ -104,9 +111,10 @@ def grad_factor(x: torch.Tensor, mask: torch.Tensor, p: float, q: float, gradien
         coef, expo = 1.0, (q - 2.0) / 2.0
     else:
         coef, expo = q / 2.0, q / 2.0 - 1.0
-    scale = ax.pow_(expo).clamp_(max=MAX_SCALE)
+    scale = ax.pow_(expo)
     if coef != 1.0:
         scale.mul_(coef)
+    scale.clamp_(max=MAX_SCALE)  # after the coefficient: q / 2 > 1 for q > 2 would break the bound
     return scale.mul_(_noise(mask, p, cdt)).add_(1.0)
 
 
