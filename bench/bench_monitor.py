@@ -10,16 +10,17 @@ timed); the monitor is switched on and off with ``start()``/``stop()``. Variants
 * ``eval+monitor+hist``: as above with magnitude histograms at every site.
 * ``train-fwd`` / ``train-fwd+monitor``: training-mode forward without gradients, all sites (attention included).
 
-Rounds alternate the variants so drifting load on a shared machine hits them alike; the median of the rounds'
-medians is reported, and ratios are to the monitor-less variant of the same mode in the same run.
+Each pass calls every variant once, in rotating order, so drifting load on a shared machine hits them alike; the
+median per variant over the passes is reported, and ratios are to the monitor-less variant of the same mode.
 
-Run:  python -m bench.bench_monitor [--batch 8] [--seq 128] [--rounds 3]
+Run:  python -m bench.bench_monitor [--batch 8] [--seq 128] [--pairs 150]
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import time
 
 import torch
 
@@ -49,8 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--heads", type=int, default=4)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq", type=int, default=128)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--min-run-time", type=float, default=1.0)
+    ap.add_argument("--pairs", type=int, default=150)
     args = ap.parse_args(argv)
 
     model = build(args.layers, args.hidden, args.heads, args.seq)
@@ -71,14 +71,24 @@ def main(argv: list[str] | None = None) -> None:
         "train-fwd": ("train", None),
         "train-fwd+monitor": ("train", plain),
     }
+    for mode in ("eval", "train"):  # warm-up: allocations, lazy initialisation
+        model.train(mode == "train")
+        median_seconds(forward, 0.2)
     times: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(args.rounds):
-        for name, (mode, monitor) in variants.items():
+    for i in range(args.pairs):
+        # One call of each variant per pass, in rotating order: slow drift of a shared machine's load
+        # hits every variant alike, and medians over passes drop the outliers.
+        names = list(variants)
+        names = names[i % len(names) :] + names[: i % len(names)]
+        for name in names:
+            mode, monitor = variants[name]
             model.train(mode == "train")
             if monitor is not None:
                 monitor.start()
             try:
-                times[name].append(median_seconds(forward, args.min_run_time))
+                start = time.perf_counter()
+                forward()
+                times[name].append(time.perf_counter() - start)
             finally:
                 if monitor is not None:
                     monitor.stop()
@@ -101,8 +111,8 @@ def main(argv: list[str] | None = None) -> None:
     notes = (
         f"Tiny GPT-2 from GPT2Config ({args.layers} layers, hidden {args.hidden}, {args.heads} heads, vocab 256), "
         f"patched with SparseoutConfig(p=0.1, q=1.5); batch {args.batch} x seq {args.seq}, 25% right padding "
-        f"(attention_mask passed, so the monitor masks). torch.no_grad forward; median of {args.rounds} alternating "
-        f"rounds of medians over >= {args.min_run_time} s. x_time: over the same mode without the monitor, same run. "
+        f"(attention_mask passed, so the monitor masks). torch.no_grad forward; median over {args.pairs} passes that "
+        "call every variant once in rotating order. x_time: over the same mode without the monitor, same run. "
         "Target (recorded, not asserted): eval+monitor at most 1.10x. In eval mode the model does not apply "
         "attention-probability dropout, so those sites (the largest tensors) are measured only in train-fwd. "
         "The machine is shared with other jobs: ratios near 1 carry a few percent of noise."

@@ -51,14 +51,20 @@ def _abs(x: torch.Tensor) -> torch.Tensor:
 
 def ratio_from_norms(l1: torch.Tensor, l2: torch.Tensor) -> torch.Tensor:
     """``l1 / l2`` with the zero-vector convention (``1`` where ``l2 == 0``)."""
-    return torch.where(l2 > 0, l1 / l2.clamp_min(torch.finfo(l2.dtype).tiny), torch.ones_like(l1))
+    # 0 / 0 (the zero vector) and x / 0 (an l2 that underflowed) both become 1
+    return torch.nan_to_num_(l1 / l2, nan=1.0, posinf=1.0)
 
 
 def hoyer_from_ratio(ratio: torch.Tensor, n: torch.Tensor | int) -> torch.Tensor:
     """Hoyer's measure from ``l1 / l2`` and the vector length ``n`` (``1`` where ``n <= 1``)."""
+    if isinstance(n, int):
+        if n <= 1:
+            return torch.ones_like(ratio)
+        # written as 1 - (ratio - 1) / (sqrt(n) - 1): exactly 1 at ratio == 1 (one-hot, zero vector)
+        return (ratio - 1).div_(math.sqrt(n) - 1).neg_().add_(1).clamp_(0.0, 1.0)
     sqrt_n = torch.as_tensor(n, dtype=ratio.dtype, device=ratio.device).sqrt()
     denom = sqrt_n - 1
-    value = (sqrt_n - ratio) / torch.where(denom > 0, denom, torch.ones_like(denom))
+    value = 1 - (ratio - 1) / torch.where(denom > 0, denom, torch.ones_like(denom))
     return torch.where(denom > 0, value.clamp(0.0, 1.0), torch.ones_like(value))
 
 

@@ -15,8 +15,9 @@ from hf_sparseout.metrics import histogram
 from hf_sparseout.metrics.functions import DEFAULT_NEAR_ZERO_THRESHOLD, hoyer_from_ratio, ratio_from_norms
 from hf_sparseout.metrics.masking import weights_for
 
-STATS: tuple[str, ...] = ("hoyer", "l1_l2_ratio", "zeros", "near_zeros", "l1", "elements", "vectors", "tokens")
-"""The running float64 sums kept per site (``hoyer`` and ``l1_l2_ratio`` are sums of per-vector values)."""
+STATS: tuple[str, ...] = ("hoyer", "l1_l2_ratio", "nonzeros", "above", "l1", "elements", "vectors", "tokens")
+"""The running float64 sums kept per site: per-vector ``hoyer`` and ``l1_l2_ratio``, counts of non-zero
+elements and of elements above the near-zero threshold, ``l1`` and the element, vector and token counts."""
 _COUNTS = ("calls", "unmasked_calls")
 METRICS: tuple[str, ...] = ("hoyer", "l1_l2_ratio", "zero_fraction", "near_zero_fraction", "mean_abs")
 _DROPOUT_LIKE = (Sparseout, nn.modules.dropout._DropoutNd)
@@ -252,48 +253,52 @@ class SparsityMonitor:
                 f"mask {tuple(mask.shape)}; it is measured unmasked (counted in unmasked_calls)",
                 stacklevel=2,
             )
+        state = self._state_on(x.device)
         with torch.no_grad():
             # One fresh float32/float64 tensor of magnitudes; padded key columns zeroed in place.
             a = x.detach().abs() if x.dtype in (torch.float32, torch.float64) else x.detach().float().abs_()
             if w.cols is not None:
                 a.mul_(w.cols)
             l1 = a.sum(-1)
-            ratio = ratio_from_norms(l1, torch.linalg.vector_norm(a, dim=-1))
-            n = torch.as_tensor(w.n, dtype=l1.dtype, device=l1.device).expand_as(l1)
-            hoy = hoyer_from_ratio(ratio, n)
+            l2 = torch.linalg.vector_norm(a, dim=-1)
+            if name in self._hist_index:
+                self._add_histogram(self._hist_index[name], a, w)
             # Counting through sign() of non-negative floats is several times faster on CPU than
             # reducing bool tensors; masked columns are 0 and never count as non-zero or above.
-            zeros = n - a.sign().sum(-1)
-            near = n - (a - self.near_zero_threshold).clamp_(min=0).sign_().sum(-1)
-            per = torch.stack([hoy, ratio, zeros, near, l1, n, torch.ones_like(l1)], -1)
-            per = per.reshape(-1, per.shape[-1]).double()
+            nonzeros = a.sign().sum(-1)
+            above = a.sub_(self.near_zero_threshold).clamp_(min=0).sign_().sum(-1)  # a is ours: reuse it
+            ratio = ratio_from_norms(l1, l2)
+            per_vector = [hoyer_from_ratio(ratio, w.n), ratio, nonzeros, above, l1]
+            if not isinstance(w.n, int):
+                per_vector.append(w.n.to(l1.dtype).expand_as(l1))
+            per = torch.stack(per_vector, -1).reshape(-1, len(per_vector)).double()
             if w.rows is not None:
-                rows = w.rows.expand(l1.shape).reshape(-1, 1)
-                sums = (per * rows).sum(0)
+                weights = w.rows.expand(l1.shape).reshape(1, -1).double()
+                sums = torch.cat([(weights @ per).reshape(-1), weights.sum(-1)])
             else:
-                sums = per.sum(0)
-            sums = torch.cat([sums, sums[-1:] / w.group])
-            state = self._state_on(x.device)
+                sums = torch.cat([per.sum(0), per.new_full((1,), per.shape[0])])
+            vectors = sums[-1:]
+            elements = vectors * w.n if isinstance(w.n, int) else sums[5:6]
+            sums = torch.cat([sums[:5], elements, vectors, vectors / w.group])
             state[index].add_(sums)
             self._counts[index][0] += 1
             self._counts[index][1] += int(not w.matched)
-            if name in self._hist_index:
-                self._add_histogram(self._hist_index[name], a, w)
 
     def _add_histogram(self, hist_index: int, a: torch.Tensor, w: Any) -> None:
         idx = histogram.bin_index(a, self.histogram_bins, self.histogram_range)
-        weight = torch.ones_like(a, dtype=torch.float64)
+        dump = self.histogram_bins + 3  # masked-out elements land in a last, discarded bin
         if w.rows is not None:
-            weight = weight * w.rows.unsqueeze(-1)
+            idx.masked_fill_(w.rows.unsqueeze(-1) == 0, dump)
         if w.cols is not None:
-            weight = weight * w.cols
+            idx.masked_fill_(w.cols == 0, dump)
         assert self._hist is not None
-        self._hist[hist_index].index_add_(0, idx.reshape(-1), weight.reshape(-1))
+        ones = torch.ones(1, dtype=self._hist.dtype, device=idx.device).expand(idx.numel())
+        self._hist[hist_index].index_add_(0, idx.reshape(-1), ones)
 
     def _state_on(self, device: torch.device) -> torch.Tensor:
         if self._state is None:
             self._state = torch.zeros(len(self.site_names), len(STATS), dtype=torch.float64, device=device)
-            nbins = self.histogram_bins + 3
+            nbins = self.histogram_bins + 4
             self._hist = torch.zeros(len(self._hist_index), nbins, dtype=torch.float64, device=device)
         elif self._state.device != device:
             raise RuntimeError(f"SparsityMonitor: sites on several devices ({self._state.device}, {device})")
@@ -316,7 +321,8 @@ class SparsityMonitor:
     def _reduced(self, sync: bool) -> tuple[torch.Tensor, torch.Tensor]:
         device = self._state.device if self._state is not None else torch.device("cpu")
         state = self._state if self._state is not None else torch.zeros(len(self.site_names), len(STATS))
-        hist = self._hist if self._hist is not None else torch.zeros(len(self._hist_index), self.histogram_bins + 3)
+        nbins = self.histogram_bins + 3
+        hist = self._hist[:, :nbins] if self._hist is not None else torch.zeros(len(self._hist_index), nbins)
         counts = torch.tensor(self._counts, dtype=torch.float64).reshape(len(self.site_names), len(_COUNTS))
         flat = torch.cat([state.double().reshape(-1).cpu(), hist.double().reshape(-1).cpu(), counts.reshape(-1)])
         dist = torch.distributed
@@ -349,8 +355,8 @@ class SparsityMonitor:
         values = {
             "hoyer": columns["hoyer"] / safe_v,
             "l1_l2_ratio": columns["l1_l2_ratio"] / safe_v,
-            "zero_fraction": columns["zeros"] / safe_e,
-            "near_zero_fraction": columns["near_zeros"] / safe_e,
+            "zero_fraction": (elements - columns["nonzeros"]) / safe_e,
+            "near_zero_fraction": (elements - columns["above"]) / safe_e,
             "mean_abs": columns["l1"] / safe_e,
         }
         empty = vectors == 0
