@@ -111,6 +111,8 @@ def grad_factor(x: torch.Tensor, mask: torch.Tensor, p: float, q: float, gradien
         coef, expo = 1.0, (q - 2.0) / 2.0
     else:
         coef, expo = q / 2.0, q / 2.0 - 1.0
+    if coef == 0.0:  # exact rule at q = 0: d/dx (x + sign(x) * noise) = 1 (0 * inf would be nan at x = 0)
+        return torch.ones_like(ax)
     scale = ax.pow_(expo)
     if coef != 1.0:
         scale.mul_(coef)
