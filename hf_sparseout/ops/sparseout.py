@@ -26,10 +26,12 @@ values where that term exceeds ``1e4``: e.g. for ``q = 0.5`` where ``|x| < 4.6e-
 (reference), for ``q = 4`` where ``|x| > 1e4`` (reference) or ``5e3`` (exact). ``sign(0) = 0``,
 so a zero input stays zero for every ``q`` (``q = 0`` included). Half-precision inputs are
 computed in float32 and the result is saturated to the dtype's finite range instead of
-overflowing to ``inf``.
+overflowing to ``inf`` (not for ``q == 2``: bit for bit dropout, which overflows like it does
+where ``|x| > max * (1 - p)``).
 
-Memory. Backward saves the input and a 1-byte boolean mask (``q != 2``), or only the mask
-(``q == 2``, native dropout): never a full-size float noise or factor tensor.
+Memory. Backward saves the input and a 1-byte boolean mask (``q != 2``): never a full-size
+float noise or factor tensor. ``q == 2`` saves what :func:`torch.nn.functional.dropout` saves:
+a 1-byte mask on CUDA (native dropout), the scaled noise in the input's dtype on CPU.
 """
 
 from __future__ import annotations
