@@ -220,7 +220,7 @@ def finetune(
 
       hf-sparseout finetune --model ./minilm --dataset ../shared/data/sst2 --text-column sentence --q 2.5
 
-      accelerate launch --num_processes 2 --cpu -m hf_sparseout_cli finetune --max-steps 100
+      accelerate launch --multi_gpu --num_processes 2 -m hf_sparseout_cli finetune --max-steps 100
     """
     from hf_sparseout.training.args import FinetuneArgs, UsageError
     from hf_sparseout.training.reporting import print_summary

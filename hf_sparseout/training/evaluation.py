@@ -46,14 +46,36 @@ def evaluate(
     """
     model.eval()
     with monitor if monitor is not None else contextlib.nullcontext():
-        return _evaluate(model, dataloader, accelerator, task, num_labels)
+        return _evaluate(model, dataloader, accelerator, task, num_labels, monitor)
 
 
-def _evaluate(model: Any, dataloader: Any, accelerator: Any, task: str, num_labels: int | None) -> dict[str, float]:
+def _duplicate_free_mask(batch: dict, accelerator: Any) -> torch.Tensor | None:
+    """On the last batch of several processes, the (batch, seq) mask without accelerate's padding samples.
+
+    With ``even_batches`` accelerate repeats samples to fill the last global batch;
+    ``gather_for_metrics`` keeps the first ``remainder`` of the gathered batch, i.e. of the processes'
+    batches in rank order. The monitor sees this process's batch, so it gets the same cut.
+    """
+    state = accelerator.gradient_state
+    if accelerator.num_processes == 1 or not state.end_of_dataloader or state.remainder <= 0:
+        return None
+    ids = batch["input_ids"]
+    local = ids.shape[0]
+    real = max(0, min(local, state.remainder - accelerator.process_index * local))
+    mask = batch["attention_mask"].clone() if "attention_mask" in batch else torch.ones_like(ids)
+    mask[real:] = 0
+    return mask
+
+
+def _evaluate(
+    model: Any, dataloader: Any, accelerator: Any, task: str, num_labels: int | None, monitor: Any = None
+) -> dict[str, float]:
     nll_sum = torch.zeros((), dtype=torch.float64)
     token_count = torch.zeros((), dtype=torch.float64)
     predictions, references = [], []
     for batch in dataloader:
+        if monitor is not None:
+            monitor.set_attention_mask(_duplicate_free_mask(batch, accelerator))
         outputs = model(**{k: v for k, v in batch.items() if k != "labels"})
         if task == "causal-lm":
             nll, count = per_example_nll(outputs.logits, batch["labels"])

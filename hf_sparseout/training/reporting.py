@@ -45,11 +45,14 @@ def summary_rows(results: list[RunResult], task: str) -> list[dict[str, Any]]:
     return rows
 
 
-def write_metrics(out: Path, args: FinetuneArgs, results: list[RunResult], task: str, data_source: str) -> Path:
+def write_metrics(
+    out: Path, args: FinetuneArgs, results: list[RunResult], task: str, data_source: str, num_processes: int = 1
+) -> Path:
     """``metrics.json``: every eval of every run, the training-loss curve, per-site sparsity, the options."""
     data = {
         "task": task,
         "data": data_source,
+        "num_processes": num_processes,
         "args": args.to_dict(),
         "summary": summary_rows(results, task),
         "runs": {

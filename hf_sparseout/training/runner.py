@@ -54,12 +54,15 @@ def check_output_dir(args: FinetuneArgs) -> Path:
 
 
 def _accelerator(args: FinetuneArgs) -> Any:
+    import torch
     from accelerate import Accelerator
     from accelerate.utils import DataLoaderConfiguration
 
     trackers = [t for t in args.report_to if t != "none"]
     try:
         return Accelerator(
+            # Without CUDA, processes started by torchrun / `accelerate launch --multi_gpu` join a gloo group.
+            cpu=not torch.cuda.is_available(),
             gradient_accumulation_steps=args.gradient_accumulation_steps,
             mixed_precision=args.mixed_precision,
             log_with=trackers or None,
@@ -127,7 +130,7 @@ def finetune(args: FinetuneArgs, log: Any = print) -> FinetuneOutcome:
         save_final(results[1], accelerator, tokenizer, out / "baseline")
     files: dict[str, str] = {}
     if accelerator.is_main_process:
-        files["metrics"] = str(reporting.write_metrics(out, args, results, task, source))
+        files["metrics"] = str(reporting.write_metrics(out, args, results, task, source, accelerator.num_processes))
         files.update({k: str(out / v) for k, v in reporting.write_plots(out, results, task).items()})
         files["report"] = str(reporting.write_report(out, args, results, task, source))
         files["run"] = str(reporting.write_run_file(out, args, results, task, dataset_names))
