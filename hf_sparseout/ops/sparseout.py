@@ -26,8 +26,9 @@ values where that term exceeds ``1e4``: e.g. for ``q = 0.5`` where ``|x| < 4.6e-
 (reference), for ``q = 4`` where ``|x| > 1e4`` (reference) or ``5e3`` (exact). ``sign(0) = 0``,
 so a zero input stays zero for every ``q`` (``q = 0`` included). Half-precision inputs are
 computed in float32 and the result is saturated to the dtype's finite range instead of
-overflowing to ``inf`` (not for ``q == 2``: bit for bit dropout, which overflows like it does
-where ``|x| > max * (1 - p)``).
+overflowing to ``inf``. ``q == 2`` is ``F.dropout`` followed by an in-place, no-grad clamp to the
+finite range: an identity wherever dropout itself is finite (so still bit for bit dropout), and
+saturation where dropout would overflow (``|x| > max * (1 - p)``); it costs one extra pass.
 
 Memory. Backward saves the input and a 1-byte boolean mask (``q != 2``): never a full-size
 float noise or factor tensor. ``q == 2`` saves what :func:`torch.nn.functional.dropout` saves:
@@ -183,7 +184,12 @@ def sparseout(
     if not training or p == 0.0:
         return input
     if q == 2.0 or p == 1.0:
-        return F.dropout(input, p=float(p), training=True, inplace=inplace)
+        out = F.dropout(input, p=float(p), training=True, inplace=inplace)
+        if p < 1.0:
+            with torch.no_grad():  # identity on finite values; nothing saved for backward
+                fmax = torch.finfo(out.dtype).max
+                out.clamp_(-fmax, fmax)
+        return out
     if _backend.use_triton(input):  # CUDA + triton (hf_sparseout.ops.backend): the fused kernel
         return _backend.fused_sparseout()(input, float(p), float(q), gradient, inplace)
     return _SparseoutFunction.apply(input, float(p), float(q), gradient, inplace)
