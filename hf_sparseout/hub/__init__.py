@@ -1,5 +1,6 @@
 """Patched checkpoints: save/load round trip, model cards, Hub push."""
 
+from hf_sparseout.hub.card import RUN_FILE, render_model_card, write_model_card
 from hf_sparseout.hub.save_load import (
     AutoSparseoutModel,
     AutoSparseoutModelForCausalLM,
@@ -12,6 +13,7 @@ from hf_sparseout.hub.save_load import (
 )
 
 __all__ = [
+    "RUN_FILE",
     "AutoSparseoutModel",
     "AutoSparseoutModelForCausalLM",
     "AutoSparseoutModelForSequenceClassification",
@@ -19,5 +21,7 @@ __all__ = [
     "from_pretrained",
     "patch_from_config",
     "read_checkpoint_config",
+    "render_model_card",
     "save_pretrained",
+    "write_model_card",
 ]
