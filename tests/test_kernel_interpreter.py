@@ -85,7 +85,7 @@ def interp(tmp_path_factory) -> dict:
 def ref_forward(x: torch.Tensor, keep: torch.Tensor, p: float, q: float) -> torch.Tensor:
     xd = x.double()
     noise = keep.double() / (1 - p) - 1
-    out = xd + torch.copysign(xd.abs().pow(q / 2), xd) * noise
+    out = xd + torch.sign(xd) * xd.abs().pow(q / 2) * noise  # sign(0) = 0: zeros stay zero, q = 0 included
     fmax = torch.finfo(x.dtype).max
     return out.clamp(-fmax, fmax)
 
@@ -94,7 +94,8 @@ def ref_grad(grad, x, keep, p, q, gradient) -> tuple[torch.Tensor, torch.Tensor]
     """Reference input gradient and a per-element magnitude bound used for the tolerance."""
     coef, expo = (1.0, (q - 2) / 2) if gradient == "reference" else (q / 2, q / 2 - 1)
     noise = keep.double() / (1 - p) - 1
-    scale = coef * x.double().abs().pow(expo).clamp(max=MAX_SCALE)
+    # the clamp comes after the coefficient; the exact rule at q = 0 has derivative 1
+    scale = (coef * x.double().abs().pow(expo)).clamp(max=MAX_SCALE) if coef else torch.zeros_like(x.double())
     gd = grad.double()
     fmax = torch.finfo(grad.dtype).max
     return (gd * (1 + scale * noise)).clamp(-fmax, fmax), gd.abs() * (1 + scale * noise.abs())

@@ -138,6 +138,8 @@ def _fwd_one(x, r, thresh, noise_keep, half_q, fmax, KIND: tl.constexpr):
     # copysign(mag, x): the sign bit of x on |x| ** (q/2) (so -0.0 keeps its sign, as torch.copysign).
     sgn = xf.to(tl.uint32, bitcast=True) & 0x80000000
     signed = (mag.to(tl.uint32, bitcast=True) | sgn).to(tl.float32, bitcast=True)
+    if KIND == 0:  # q = 0: |x| ** 0 = 1, but sign(0) = 0, so a zero input stays zero (as the eager op)
+        signed = tl.where(xf == 0.0, 0.0, signed)
     return _saturate(xf + signed * _noise(r, thresh, noise_keep), fmax)
 
 
@@ -201,7 +203,8 @@ def _sparseout_fwd_kernel(
 @triton.jit
 def _bwd_one(g, x, r, thresh, noise_keep, coef, expo, max_scale, fmax, KIND: tl.constexpr):
     scale = _abs_pow(tl.abs(x.to(tl.float32)), expo, KIND)
-    scale = tl.minimum(scale, max_scale, propagate_nan=tl.PropagateNan.ALL) * coef
+    # clamp after the coefficient (q / 2 > 1 for q > 2), as the eager op: |factor| <= 1 + max_scale * |noise|
+    scale = tl.minimum(scale * coef, max_scale, propagate_nan=tl.PropagateNan.ALL)
     factor = scale * _noise(r, thresh, noise_keep) + 1.0
     return _saturate(factor * g.to(tl.float32), fmax)
 
@@ -380,6 +383,8 @@ def sparseout_bwd(
         coef, expo = 1.0, (float(q) - 2.0) / 2.0
     elif gradient == "exact":
         coef, expo = float(q) / 2.0, float(q) / 2.0 - 1.0
+        if coef == 0.0:  # q = 0: the derivative is 1 (avoid 0 * inf = nan at x = 0)
+            expo = 0.0
     else:
         raise ValueError(f"gradient must be 'reference' or 'exact', got {gradient!r}")
     s, lo, hi = _rng_args(seed, ctr)
