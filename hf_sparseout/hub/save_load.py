@@ -195,7 +195,8 @@ def save_pretrained(
 
     A patched model's config.json carries the ``sparseout`` block with the config attributes the
     patch replaced restored to their original values (see :func:`original_config_values`). A
-    PEFT model writes its adapter plus ``sparseout_config.json``. ``save_kwargs`` go to the
+    PEFT model writes its adapter plus ``sparseout_config.json`` (not PEFT's placeholder README.md;
+    :func:`~hf_sparseout.hub.write_model_card` writes the card). ``save_kwargs`` go to the
     model's ``save_pretrained`` (e.g. ``save_function=accelerator.save``); with
     ``is_main_process=False`` nothing is written (call it on every process, as accelerate does).
     """
@@ -210,6 +211,8 @@ def save_pretrained(
         sidecar = _sidecar(model)
         if sidecar is not None:
             (staged / SIDECAR_FILE).write_text(json.dumps(sidecar, indent=2, sort_keys=True) + "\n")
+            # PEFT's placeholder card ("[More Information Needed]"): write_model_card writes a real one
+            (staged / "README.md").unlink(missing_ok=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(staged)
         if out.is_dir() and any(out.iterdir()):
