@@ -1,6 +1,7 @@
 """hf-sparseout: Sparseout (Khan & Stavness, 2019) for Hugging Face transformers models."""
 
 from hf_sparseout.layers import Sparseout
+from hf_sparseout.metrics import SparsityMonitor, hoyer, plot_sparsity
 from hf_sparseout.ops.sparseout import MAX_SCALE, sparseout
 from hf_sparseout.patcher import Site, SiteReport, SparseoutConfig, get_report, inspect, is_patched, patch, unpatch
 from hf_sparseout.version import __version__
@@ -11,11 +12,14 @@ __all__ = [
     "SiteReport",
     "Sparseout",
     "SparseoutConfig",
+    "SparsityMonitor",
     "__version__",
     "get_report",
+    "hoyer",
     "inspect",
     "is_patched",
     "patch",
+    "plot_sparsity",
     "sparseout",
     "unpatch",
 ]
