@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx2
@@ -276,3 +279,16 @@ def test_peft_adapter_directory_pushes(hub, tmp_path):
     assert {"adapter_config.json", "adapter_model.safetensors", "sparseout_config.json", "README.md"} <= files
     assert "library_name: peft" in result.card
     assert Path(tmp_path / "adapter" / "README.md").read_text() == result.card
+
+
+def test_example_script_runs_offline(tmp_path):
+    """examples/push_patched_checkpoint.py: patch, train, save, reload, card, dry-run push; no network."""
+    script = Path(__file__).resolve().parents[1] / "examples" / "push_patched_checkpoint.py"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}  # any request would fail
+    env.pop("HF_TOKEN", None)
+    args = [sys.executable, str(script), "--steps", "2", "--output-dir", str(tmp_path / "ckpt"), "--repo-id", "me/t"]
+    out = subprocess.run(args, capture_output=True, text=True, timeout=300, env=env, cwd=script.parents[1])
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "same report: True, same eval outputs: True" in out.stdout
+    assert "would push" in out.stdout and "model.safetensors" in out.stdout
+    assert "me/t" in (tmp_path / "ckpt" / "README.md").read_text()
