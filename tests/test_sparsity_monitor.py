@@ -323,3 +323,22 @@ def test_q1_gives_sparser_activations_than_q3(seed):
     h1, h3 = _train_and_measure(1.0, seed), _train_and_measure(3.0, seed)
     assert h1 > h3 + 0.03, (h1, h3)
     assert _train_and_measure(1.0, seed, steps=0) == pytest.approx(_train_and_measure(3.0, seed, steps=0))
+
+
+def test_pooled_vectors_count_once_per_sequence_and_skip_all_padding_rows():
+    """A (batch, features) tensor is one vector per sequence: matched, no warning, padding samples skipped."""
+    from hf_sparseout.metrics.masking import weights_for
+
+    x = torch.randn(3, 5)
+    mask = torch.tensor([[1.0, 1, 0], [1, 1, 1], [0, 0, 0]])
+    w = weights_for(x, mask)
+    assert w.matched and w.rows.tolist() == [1.0, 1.0, 0.0] and w.n == 5
+    model = torch.nn.Sequential(torch.nn.Linear(5, 5), hf_sparseout.Sparseout(p=0.1, q=1.5))
+    monitor = hf_sparseout.SparsityMonitor(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with monitor:
+            monitor.set_attention_mask(mask)
+            model(x)
+    site = next(iter(monitor.compute()["sites"].values()))
+    assert site["vectors"] == 2 and site["unmasked_calls"] == 0

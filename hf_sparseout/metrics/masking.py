@@ -12,7 +12,9 @@ whose last dimension holds the features is matched against it by shape, in this 
    stay. With a KV cache (``q_len < seq``) or cross-attention, only key columns are masked.
 2. **hidden states** ``(batch, seq, ..., features)``: vectors at padded positions are dropped.
 3. **flattened tokens** ``(batch * seq, features)``: as 2, with the mask flattened.
-4. anything else is measured **unmasked** (every vector counts); the monitor counts such calls
+4. **pooled vectors** ``(batch, features)`` (e.g. a classifier's dropout on the pooled output): one
+   vector per sequence; a sequence whose mask is all zero (a padding sample) does not count.
+5. anything else is measured **unmasked** (every vector counts); the monitor counts such calls
    per site and warns once per site.
 
 Rule 1 is tried first, so a ``(batch, seq, heads, head_dim)`` tensor with ``head_dim == seq``
@@ -65,4 +67,6 @@ def weights_for(x: torch.Tensor, mask: torch.Tensor | None) -> Weights:
         return Weights(rows, None, int(shape[-1]), math.prod(shape[2:-1]), True)
     if x.dim() == 2 and shape[0] == batch * seq:
         return Weights(mask.reshape(-1), None, int(shape[-1]), 1, True)
+    if x.dim() == 2 and shape[0] == batch:
+        return Weights((mask.sum(-1) > 0).to(mask.dtype), None, int(shape[-1]), 1, True)
     return Weights(None, None, int(shape[-1]), default_group(shape), False)
