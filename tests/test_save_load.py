@@ -230,12 +230,15 @@ def test_save_into_a_finetune_output_keeps_its_other_files(tmp_path):
     (out / "checkpoints" / "sparseout" / "step-2" / "trainer_state.json").write_text("{}")
     (out / "metrics.json").write_text("{}")
     (out / "model-00001-of-00002.safetensors").write_bytes(b"stale shard of an earlier save")
+    (out / "model.safetensors.index.json").write_text("{}")
+    (out / "model-notes.json").write_text("{}")  # not a weight file: kept
     model = build("gpt2", "causal-lm", "eager")
     hf_sparseout.patch(model, SparseoutConfig(q=1.0))
     save_pretrained(model, out)
     names = {p.name for p in out.iterdir()}
     assert {"checkpoints", "metrics.json", "config.json", "model.safetensors"} <= names
-    assert "model-00001-of-00002.safetensors" not in names
+    assert "model-00001-of-00002.safetensors" not in names and "model.safetensors.index.json" not in names
+    assert "model-notes.json" in names
     assert (out / "checkpoints" / "sparseout" / "step-2" / "trainer_state.json").is_file()
     assert _siblings(out) == []
     assert torch.equal(outputs(from_pretrained(out, attn_implementation="eager")), outputs(model))

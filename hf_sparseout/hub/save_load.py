@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import secrets
 import shutil
 from collections.abc import Iterator
@@ -30,7 +31,11 @@ ADAPTER_CONFIG_FILE = "adapter_config.json"
 SIDECAR_FILE = "sparseout_config.json"
 """Written beside a PEFT adapter: ``{"sparseout": <config dict>, "applied_to": "peft_model" | "base_model"}``."""
 APPLIED_TO = ("peft_model", "base_model")
-_WEIGHT_PREFIXES = ("model.safetensors", "model-", "pytorch_model", "adapter_model", "tf_model", "flax_model")
+_WEIGHT_FILE = re.compile(
+    r"^(model|pytorch_model|adapter_model|tf_model|flax_model)(-\d{5}-of-\d{5})?\.(safetensors|bin|h5|msgpack)"
+    r"(\.index\.json)?$"
+)
+"""Weight files (and shard indexes) of a save_pretrained layout: stale ones are removed on a new save."""
 
 
 class CheckpointError(ValueError):
@@ -154,7 +159,7 @@ def _sidecar(model: nn.Module) -> dict[str, Any] | None:
 
 
 def _is_weight_file(name: str) -> bool:
-    return name.startswith(_WEIGHT_PREFIXES) and name.endswith((".safetensors", ".bin", ".json", ".h5", ".msgpack"))
+    return _WEIGHT_FILE.match(name) is not None
 
 
 def _move_into(staged: Path, target: Path) -> None:
