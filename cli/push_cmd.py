@@ -39,9 +39,11 @@ def push(
 ) -> None:
     """Push CHECKPOINT_DIR to the Hub repo --repo-id, with a model card (README.md) generated from the run.
 
-    The token comes from HF_TOKEN or `hf auth login`; it is never printed. Training state
-    (checkpoints/), the baseline model and metrics.json/report.md (which hold local paths) are not
-    uploaded. Under torchrun / accelerate launch only the main process (RANK 0) pushes.
+    The token comes from HF_TOKEN or `hf auth login`; it is never printed.
+
+    Not uploaded: checkpoints/ (training state), baseline/, metrics.json and report.md (local paths).
+
+    Under torchrun / accelerate launch only the main process (RANK 0) pushes.
 
     Examples:
 
