@@ -41,6 +41,10 @@ def test_causal_lm_on_local_text_writes_everything(tmp_path):
     assert json.loads((out / "config.json").read_text())["sparseout"]["q"] == 1.0
     tokenizer = AutoTokenizer.from_pretrained(out)
     assert model.get_input_embeddings().num_embeddings >= len(tokenizer)
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(out / "README.md")
+    assert "sparseout" in card.data.tags and card.data.library_name
     run = json.loads((out / "hf_sparseout_run.json").read_text())
     assert run["results"]["baseline"] is None and run["base_model"] is None and str(tmp_path) not in json.dumps(run)
 

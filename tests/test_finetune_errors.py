@@ -125,3 +125,11 @@ def test_hub_names_offline_say_what_to_do(tmp_path, option):
 def test_inconsistent_options(tmp_path):
     _fails(tmp_path, "--model", "x", "--from-config", "gpt2-tiny", expect="exclusive")
     _fails(tmp_path, "--push-to-hub", expect="--push-to-hub needs --hub-model-id")
+
+
+def test_push_to_hub_problems_are_caught_before_training(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setattr("huggingface_hub.get_token", lambda: None)
+    _fails(tmp_path, "--push-to-hub", "--hub-model-id", "not a/valid id", expect="not a/valid id")
+    _fails(tmp_path, "--push-to-hub", "--hub-model-id", "me/model", expect="needs a Hugging Face token")

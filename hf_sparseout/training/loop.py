@@ -195,11 +195,12 @@ def run(
 
 
 def save_final(result: RunResult, accelerator: Any, tokenizer: Any, directory: Path) -> None:
-    """Save the trained (still patched) model and tokenizer in ``save_pretrained`` layout."""
+    """Save the trained (still patched) model and tokenizer atomically, in ``save_pretrained`` layout."""
+    from hf_sparseout.hub import save_pretrained
+
     accelerator.wait_for_everyone()
     model = accelerator.unwrap_model(result.model)
-    if accelerator.is_main_process:
-        directory.mkdir(parents=True, exist_ok=True)
-        model.save_pretrained(directory, save_function=accelerator.save)
-        tokenizer.save_pretrained(directory)
+    save_pretrained(
+        model, directory, tokenizer, is_main_process=accelerator.is_main_process, save_function=accelerator.save
+    )
     accelerator.wait_for_everyone()

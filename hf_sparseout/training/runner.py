@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hf_sparseout.hub import write_model_card
 from hf_sparseout.training import checkpoints, reporting
 from hf_sparseout.training.args import FinetuneArgs, UsageError
 from hf_sparseout.training.data import infer_task, load_raw, pick_splits, prepare, text_column
@@ -78,6 +79,35 @@ def _texts(raw: Any, args: FinetuneArgs) -> list[str]:
     return [t for t in train[text_column(train, args)] if isinstance(t, str)]
 
 
+def _check_push(args: FinetuneArgs) -> None:
+    """Before training: a valid repo id and a token (never printed), so a long run does not fail at the end."""
+    from huggingface_hub import get_token
+
+    from hf_sparseout.hub.push import PushError, validate_repo_id
+
+    try:
+        validate_repo_id(args.hub_model_id)
+    except PushError as err:
+        raise UsageError(str(err), getattr(err, "hint", None)) from err
+    if not get_token():
+        raise UsageError("--push-to-hub needs a Hugging Face token", "set HF_TOKEN or run `hf auth login`")
+
+
+def _push(out: Path, args: FinetuneArgs, log: Any) -> str:
+    from hf_sparseout.hub import push_checkpoint
+    from hf_sparseout.hub.push import PushError
+
+    try:
+        result = push_checkpoint(out, args.hub_model_id, ignore_patterns=["checkpoints/*", "baseline/*"])
+    except PushError as err:
+        raise UsageError(
+            f"the run finished and is saved in {str(out)!r}, but the push failed: {err}",
+            getattr(err, "hint", None) or f"retry with: hf-sparseout push {out} --repo-id {args.hub_model_id}",
+        ) from err
+    log(f"pushed {len(result.files)} files to {args.hub_model_id}")
+    return args.hub_model_id
+
+
 def finetune(args: FinetuneArgs, log: Any = print) -> FinetuneOutcome:
     """Run ``hf-sparseout finetune`` with ``args``; ``UsageError`` for bad input, before anything is written."""
     from transformers import DataCollatorWithPadding, default_data_collator
@@ -91,6 +121,8 @@ def finetune(args: FinetuneArgs, log: Any = print) -> FinetuneOutcome:
             str(err), "see --p, --q, --targets, --exclude, --insert in hf-sparseout finetune --help"
         ) from err
     out = check_output_dir(args)
+    if args.push_to_hub:
+        _check_push(args)
     task = args.task or ("causal-lm" if args.dataset is None else None)
     raw, source, dataset_names = load_raw(args, task or "causal-lm")
     task = task or infer_task(raw, args)
@@ -134,5 +166,8 @@ def finetune(args: FinetuneArgs, log: Any = print) -> FinetuneOutcome:
         files.update({k: str(out / v) for k, v in reporting.write_plots(out, results, task).items()})
         files["report"] = str(reporting.write_report(out, args, results, task, source))
         files["run"] = str(reporting.write_run_file(out, args, results, task, dataset_names))
+        files["card"] = str(write_model_card(out, repo_id=args.hub_model_id))
+        if args.push_to_hub:
+            files["pushed_to"] = _push(out, args, log)
     accelerator.end_training()
     return FinetuneOutcome(task, results, out, files)
