@@ -10,6 +10,7 @@ from hf_sparseout.version import __version__
 from hf_sparseout_cli.env_cmd import env
 from hf_sparseout_cli.finetune_cmd import finetune
 from hf_sparseout_cli.inspect_cmd import inspect
+from hf_sparseout_cli.push_cmd import push
 
 app = typer.Typer(
     name="hf-sparseout",
@@ -38,6 +39,7 @@ def _root(
 
 app.command("finetune")(finetune)
 app.command("inspect")(inspect)
+app.command("push")(push)
 app.command("env")(env)
 
 

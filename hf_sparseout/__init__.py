@@ -1,5 +1,15 @@
 """hf-sparseout: Sparseout (Khan & Stavness, 2019) for Hugging Face transformers models."""
 
+from hf_sparseout.hub import (
+    AutoSparseoutModel,
+    AutoSparseoutModelForCausalLM,
+    AutoSparseoutModelForSequenceClassification,
+    from_pretrained,
+    patch_from_config,
+    push_checkpoint,
+    save_pretrained,
+    write_model_card,
+)
 from hf_sparseout.layers import Sparseout
 from hf_sparseout.metrics import SparsityMonitor, hoyer, plot_sparsity
 from hf_sparseout.ops.sparseout import MAX_SCALE, sparseout
@@ -8,18 +18,26 @@ from hf_sparseout.version import __version__
 
 __all__ = [
     "MAX_SCALE",
+    "AutoSparseoutModel",
+    "AutoSparseoutModelForCausalLM",
+    "AutoSparseoutModelForSequenceClassification",
     "Site",
     "SiteReport",
     "Sparseout",
     "SparseoutConfig",
     "SparsityMonitor",
     "__version__",
+    "from_pretrained",
     "get_report",
     "hoyer",
     "inspect",
     "is_patched",
     "patch",
+    "patch_from_config",
     "plot_sparsity",
+    "push_checkpoint",
+    "save_pretrained",
     "sparseout",
     "unpatch",
+    "write_model_card",
 ]

@@ -38,9 +38,14 @@ class PatchState:
     undo: list[tuple[str, Any, str, Any]] = field(default_factory=list)
 
 
+def _state(model: nn.Module) -> PatchState | None:
+    # The instance's own attribute: wrappers such as PeftModel forward unknown attributes to the base model.
+    return vars(model).get(STATE_ATTR)
+
+
 def is_patched(model: nn.Module) -> bool:
-    """Whether ``model`` is currently patched by hf-sparseout."""
-    return getattr(model, STATE_ATTR, None) is not None
+    """Whether ``model`` itself is currently patched by hf-sparseout (not a model it wraps)."""
+    return _state(model) is not None
 
 
 def _attn_implementation(model: nn.Module) -> str | None:
@@ -274,7 +279,7 @@ def _undo(state: PatchState) -> None:
 
 def unpatch(model: nn.Module) -> nn.Module:
     """Undo :func:`patch` exactly: original modules, attributes and forwards come back."""
-    state = getattr(model, STATE_ATTR, None)
+    state = _state(model)
     if state is None:
         raise ValueError("this model is not patched by hf-sparseout")
     _undo(state)
@@ -284,7 +289,7 @@ def unpatch(model: nn.Module) -> nn.Module:
 
 def get_report(model: nn.Module) -> SiteReport:
     """The report of the patch currently applied to ``model``."""
-    state = getattr(model, STATE_ATTR, None)
+    state = _state(model)
     if state is None:
         raise ValueError("this model is not patched by hf-sparseout")
     return state.report
