@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import warnings
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -14,6 +13,7 @@ from hf_sparseout.layers import Sparseout
 from hf_sparseout.metrics import histogram
 from hf_sparseout.metrics.functions import DEFAULT_NEAR_ZERO_THRESHOLD, hoyer_from_ratio, ratio_from_norms
 from hf_sparseout.metrics.masking import weights_for
+from hf_sparseout.patcher.patterns import abbreviate, name_matches
 
 STATS: tuple[str, ...] = ("hoyer", "l1_l2_ratio", "nonzeros", "above", "l1", "elements", "vectors", "tokens")
 """The running float64 sums kept per site: per-vector ``hoyer`` and ``l1_l2_ratio``, counts of non-zero
@@ -21,20 +21,6 @@ elements and of elements above the near-zero threshold, ``l1`` and the element, 
 _COUNTS = ("calls", "unmasked_calls")
 METRICS: tuple[str, ...] = ("hoyer", "l1_l2_ratio", "zero_fraction", "near_zero_fraction", "mean_abs")
 _DROPOUT_LIKE = (Sparseout, nn.modules.dropout._DropoutNd)
-
-
-def _abbreviate(names: Sequence[str], limit: int = 30) -> str:
-    shown = ", ".join(names[:limit])
-    return shown + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
-
-
-def _matches(pattern: str, name: str) -> bool:
-    if name == pattern or name.endswith("." + pattern):
-        return True
-    try:
-        return re.fullmatch(pattern, name) is not None
-    except re.error:
-        return False
 
 
 def _in_backward() -> bool:
@@ -134,13 +120,13 @@ class SparsityMonitor:
         patterns = [sites] if isinstance(sites, str) else list(sites)
         if not patterns:
             raise ValueError("sites must name at least one module (or be None for every Sparseout site)")
-        missing = [p for p in patterns if not any(_matches(p, n) for n, _ in named)]
+        missing = [p for p in patterns if not any(name_matches(p, n) for n, _ in named)]
         if missing:
             raise ValueError(
                 f"sites pattern(s) {missing} match no module of {type(model).__name__}; "
-                f"modules: {_abbreviate([n for n, _ in named])}"
+                f"modules: {abbreviate([n for n, _ in named])}"
             )
-        return {n: m for n, m in named if any(_matches(p, n) for p in patterns)}
+        return {n: m for n, m in named if any(name_matches(p, n) for p in patterns)}
 
     def _select_hist(self, spec: bool | str | Sequence[str] | None) -> list[str]:
         if spec is None or spec is False:
@@ -148,12 +134,12 @@ class SparsityMonitor:
         if spec is True:
             return list(self.site_names)
         patterns = [spec] if isinstance(spec, str) else list(spec)
-        missing = [p for p in patterns if not any(_matches(p, n) for n in self.site_names)]
+        missing = [p for p in patterns if not any(name_matches(p, n) for n in self.site_names)]
         if missing:
             raise ValueError(
-                f"histogram_sites pattern(s) {missing} match no watched site; sites: {_abbreviate(self.site_names)}"
+                f"histogram_sites pattern(s) {missing} match no watched site; sites: {abbreviate(self.site_names)}"
             )
-        return [n for n in self.site_names if any(_matches(p, n) for p in patterns)]
+        return [n for n in self.site_names if any(name_matches(p, n) for p in patterns)]
 
     # -- activity ----------------------------------------------------------------------------
 
