@@ -18,6 +18,9 @@ def test_defaults_resolve_to_the_demonstration_run():
     own = FinetuneArgs(dataset="data.txt")
     own.resolve_defaults()
     assert own.baseline is False and own.epochs == 1.0
+    classification = FinetuneArgs(task="classification")
+    classification.resolve_defaults()
+    assert classification.baseline is True and classification.epochs == 3.0
     explicit = FinetuneArgs(baseline=False, max_steps=10)
     explicit.resolve_defaults()
     assert explicit.baseline is False and explicit.epochs == 1.0
