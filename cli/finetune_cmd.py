@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import signal
+from collections.abc import Mapping
 from enum import Enum
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -22,6 +24,9 @@ from hf_sparseout_cli.options import (
     TargetsOpt,
     split_patterns,
 )
+
+if TYPE_CHECKING:
+    from hf_sparseout.training.args import FinetuneArgs
 
 DATA, MODEL, SPARSE, TRAIN, OUT = "Task and data", "Model", "Sparseout", "Training", "Output"
 
@@ -47,6 +52,24 @@ class Precision(str, Enum):
     no = "no"
     fp16 = "fp16"
     bf16 = "bf16"
+
+
+def args_from_params(params: Mapping[str, Any]) -> FinetuneArgs:
+    """``FinetuneArgs`` from the parameters of :func:`finetune` (as it receives them, or as Click parsed them).
+
+    Shared with ``hf-sparseout sweep``, which parses its pass-through options with this command's parser.
+    Enums become their values, ``--targets``/``--exclude``/``--insert`` are split, ``--report-to`` defaults to none.
+    """
+    from hf_sparseout.training.args import FinetuneArgs
+
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(FinetuneArgs):
+        value = params[f.name]
+        values[f.name] = value.value if isinstance(value, Enum) else value
+    for name in ("targets", "exclude", "insert"):
+        values[name] = split_patterns(list(values[name]) if values[name] else None)
+    values["report_to"] = list(values["report_to"] or ["none"])
+    return FinetuneArgs(**values)
 
 
 def finetune(
@@ -222,57 +245,12 @@ def finetune(
 
       accelerate launch --multi_gpu --num_processes 2 -m hf_sparseout_cli finetune --max-steps 100
     """
-    from hf_sparseout.training.args import FinetuneArgs, UsageError
+    params = dict(locals())  # the options, before anything else is bound
+    from hf_sparseout.training.args import UsageError
     from hf_sparseout.training.reporting import print_summary
     from hf_sparseout.training.runner import finetune as run_finetune
 
-    args = FinetuneArgs(
-        task=task.value if task else None,
-        dataset=dataset,
-        dataset_config=dataset_config,
-        train_split=train_split,
-        eval_split=eval_split,
-        validation_split_percentage=validation_split_percentage,
-        text_column=text_column,
-        text_pair_column=text_pair_column,
-        label_column=label_column,
-        max_train_samples=max_train_samples,
-        max_eval_samples=max_eval_samples,
-        block_size=block_size,
-        max_length=max_length,
-        model=model,
-        from_config=from_config,
-        tokenizer=tokenizer,
-        p=p,
-        q=q,
-        targets=split_patterns(targets),
-        exclude=split_patterns(exclude),
-        attention=attention.value,
-        insert=split_patterns(insert),
-        gradient=gradient.value,
-        baseline=baseline,
-        epochs=epochs,
-        max_steps=max_steps,
-        batch_size=batch_size,
-        gradient_accumulation_steps=gradient_accumulation_steps,
-        learning_rate=learning_rate,
-        weight_decay=weight_decay,
-        lr_scheduler=lr_scheduler.value,
-        warmup_ratio=warmup_ratio,
-        max_grad_norm=max_grad_norm,
-        mixed_precision=mixed_precision.value,
-        gradient_checkpointing=gradient_checkpointing,
-        seed=seed,
-        eval_steps=eval_steps,
-        save_steps=save_steps,
-        save_total_limit=save_total_limit,
-        output_dir=output_dir,
-        overwrite_output_dir=overwrite_output_dir,
-        resume_from_checkpoint=resume_from_checkpoint,
-        report_to=report_to or ["none"],
-        push_to_hub=push_to_hub,
-        hub_model_id=hub_model_id,
-    )
+    args = args_from_params(params)
     log = (lambda msg: typer.echo(msg, err=True)) if fmt is OutputFormat.json else typer.echo
     previous = signal.getsignal(signal.SIGINT)
     try:

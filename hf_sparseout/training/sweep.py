@@ -20,7 +20,8 @@ import dataclasses
 import json
 import math
 import statistics
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -347,8 +348,6 @@ def sweep(
     import torch
     from accelerate import PartialState
 
-    from hf_sparseout.training.runner import finetune
-
     if args.resume_from_checkpoint:
         raise UsageError("a sweep resumes by itself: drop --resume-from-checkpoint", "rerun the same sweep command")
     if args.push_to_hub or args.hub_model_id:
@@ -360,6 +359,16 @@ def sweep(
     _check_output_dir(root, args, points)
 
     state = PartialState(cpu=not torch.cuda.is_available())
+    with _process_group_kept(state):
+        status = _run_grid(args, points, root, state, log)
+        return _summarise(args, list(qs), ps, list(seeds), points, root, status, state)
+
+
+def _run_grid(
+    args: FinetuneArgs, points: list[GridPoint], root: Path, state: Any, log: Callable[[str], None]
+) -> dict[GridPoint, str]:
+    from hf_sparseout.training.runner import finetune
+
     states = {pt: _run_state(root / pt.relative_dir, args.overwrite_output_dir) for pt in points}
     state.wait_for_everyone()  # every process has read the directory before anything is written
     if state.is_main_process:
@@ -387,7 +396,19 @@ def sweep(
         finetune(run_args, log=lambda msg, pt=pt: log(f"[{pt.label}] {msg}"))
         status[pt] = "resumed" if states[pt] == "resume" else "trained"
     state.wait_for_everyone()  # every metrics.json is written
+    return status
 
+
+def _summarise(
+    args: FinetuneArgs,
+    qs: list[float],
+    ps: list[float | None],
+    seeds: list[int],
+    points: list[GridPoint],
+    root: Path,
+    status: dict[GridPoint, str],
+    state: Any,
+) -> SweepResult:
     task, runs = "", []
     for pt in points:
         task, record = _read_record(root, pt, status[pt])
@@ -401,7 +422,7 @@ def sweep(
             json.dumps(
                 {
                     **result.to_dict(),
-                    "grid": {"q": list(qs), "p": ps, "seeds": list(seeds), "baseline_q": BASELINE_Q},
+                    "grid": {"q": qs, "p": ps, "seeds": seeds, "baseline_q": BASELINE_Q},
                     "options": _shared_options(args),
                 },
                 indent=2,
@@ -410,5 +431,27 @@ def sweep(
         )
         write_markdown(paths["markdown"], result, args)
         write_plot(paths["plot"], result)
-    state.wait_for_everyone()
     return result
+
+
+@contextmanager
+def _process_group_kept(state: Any) -> Iterator[None]:
+    """Keep a multi-process run's process group alive across the sweep's runs.
+
+    ``finetune`` ends with ``accelerator.end_training()``, which destroys the process group, and torch
+    cannot re-create the default group from torchrun's store in the same process (the next run would hang):
+    so the destroy is deferred to the end of the sweep.
+    """
+    from accelerate.state import PartialState
+
+    if not state.use_distributed:
+        yield
+        return
+    original = PartialState.destroy_process_group
+    PartialState.destroy_process_group = lambda self, group=None: None  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        PartialState.destroy_process_group = original  # type: ignore[method-assign]
+    state.wait_for_everyone()  # not reached on an error: another process may never arrive
+    state.destroy_process_group()

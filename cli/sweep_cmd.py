@@ -1,0 +1,209 @@
+"""`hf-sparseout sweep`: finetune over a grid of q (and p) values and seeds, then mean ± std per q.
+
+The grid options are declared here; every other option is a finetune option, parsed by the
+``finetune`` command's own Click parser (the command is registered with :data:`CONTEXT_SETTINGS` so
+that Click hands them over in ``ctx.args``) and mapped with :func:`finetune_cmd.args_from_params`,
+so the two commands cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+from typing import Annotated, Any
+
+import typer
+from typer.core import TyperCommand
+
+from hf_sparseout_cli.errors import CliError, fail
+from hf_sparseout_cli.finetune_cmd import args_from_params, finetune
+from hf_sparseout_cli.options import OutputFormat
+
+GRID, OUT = "Grid", "Output"
+# Register with: app.command("sweep", context_settings=CONTEXT_SETTINGS)(sweep)
+CONTEXT_SETTINGS: dict[str, Any] = {"allow_extra_args": True, "ignore_unknown_options": True}
+# finetune options a sweep sets itself (or cannot honour), with what to use instead.
+NOT_PASSED = {
+    "seed": "--seeds N or --seed-list",
+    "resume_from_checkpoint": "rerunning the same sweep command (it resumes by itself)",
+    "push_to_hub": "hf-sparseout push on one run directory",
+    "hub_model_id": "hf-sparseout push on one run directory",
+}
+
+
+def finetune_command() -> TyperCommand:
+    """The Click command of ``hf-sparseout finetune`` (the parser of the pass-through options)."""
+    app = typer.Typer(add_completion=False)
+    app.command()(finetune)
+    return typer.main.get_command(app)
+
+
+def _pass_through_options(command: TyperCommand) -> list[str]:
+    own = {"q", "p", "baseline", "output_dir", "overwrite_output_dir", "fmt", *NOT_PASSED}
+    return [opt for prm in command.params if prm.name not in own for opt in (*prm.opts, *prm.secondary_opts)]
+
+
+def parse_finetune_options(extra: list[str]) -> dict[str, Any]:
+    """Parse ``extra`` as finetune options; ``CliError`` for an unknown, malformed or sweep-controlled one."""
+    command = finetune_command()
+    valid = ", ".join(_pass_through_options(command))
+    try:
+        ctx = command.make_context("finetune", list(extra))
+    except typer.TyperException as err:  # Typer's (vendored) Click usage errors: unknown option, bad value, ...
+        option, close = getattr(err, "option_name", None), sorted(getattr(err, "possibilities", None) or [])
+        if option and option.startswith("-") and "no such option" in err.format_message().lower():
+            message = f"no such option for a sweep: {option}" + (
+                f" (did you mean {', '.join(close)}?)" if close else ""
+            )
+        else:
+            message = err.format_message()
+        raise CliError(message, f"the finetune options a sweep passes on: {valid}") from None
+    for name, instead in NOT_PASSED.items():
+        if getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE":
+            option = next(prm.opts[0] for prm in command.params if prm.name == name)
+            raise CliError(f"{option} cannot be passed to a sweep", f"use {instead}")
+    return dict(ctx.params)
+
+
+def sweep(
+    ctx: typer.Context,
+    q: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--q", help="q values, comma-separated (repeatable). Default: 1.0,1.5,2.0,2.5,3.0.", rich_help_panel=GRID
+        ),
+    ] = None,
+    p: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--p",
+            help="Drop probabilities, comma-separated (repeatable). Default: each site keeps its own p.",
+            rich_help_panel=GRID,
+        ),
+    ] = None,
+    seeds: Annotated[
+        int | None, typer.Option("--seeds", help="Number of seeds: 0 .. N-1. Default: 3.", rich_help_panel=GRID)
+    ] = None,
+    seed_list: Annotated[
+        str | None,
+        typer.Option("--seed-list", help="Explicit seeds, comma-separated (instead of --seeds).", rich_help_panel=GRID),
+    ] = None,
+    baseline: Annotated[
+        bool,
+        typer.Option(
+            "--baseline/--no-baseline",
+            help="Add a q=2 (plain dropout) run per p and seed when 2 is not in --q.",
+            rich_help_panel=GRID,
+        ),
+    ] = True,
+    output_dir: Annotated[
+        str, typer.Option(help="Root of the run directories and of sweep.json/.md/.png.", rich_help_panel=OUT)
+    ] = "hf-sparseout-sweep",
+    overwrite_output_dir: Annotated[
+        bool,
+        typer.Option(
+            "--overwrite-output-dir",
+            help="Retrain every run (default: skip finished runs, resume interrupted ones).",
+            rich_help_panel=OUT,
+        ),
+    ] = False,
+    fmt: Annotated[
+        OutputFormat,
+        typer.Option("--format", help="Summary as a table (text) or JSON.", case_sensitive=False, rich_help_panel=OUT),
+    ] = OutputFormat.text,
+) -> None:
+    """Fine-tune over a grid of q (and p) values and seeds; mean ± std per q.
+
+    Every other option is a finetune option, applied to every run (see
+    hf-sparseout finetune --help), except --seed, --resume-from-checkpoint,
+    --push-to-hub and --hub-model-id. Each run goes to OUTPUT_DIR/pP/qQ/seedS/
+    (no pP/ level without --p); sweep.json, sweep.md and sweep.png (the metric
+    and Hoyer sparsity against q, error bars over seeds) go to OUTPUT_DIR.
+
+    The dropout baseline is the q=2 run (finetune's baseline is the same patch
+    at q=2), trained once per p and seed as part of the grid.
+
+    Rerunning the same command resumes: runs with a metrics.json are skipped,
+    unfinished ones restart, or continue from their latest checkpoint when
+    trained with --save-steps. Under accelerate launch every process runs
+    every run in the same order; the main process writes the summary.
+
+    Examples:
+
+      hf-sparseout sweep --q 1.0,1.5,2.0,2.5,3.0 --seeds 3
+
+      hf-sparseout sweep --q 1,1.5,2 --p 0.1,0.2 --seed-list 0,7 --dataset ./ptb --from-config gpt2-mini --max-steps 500
+
+      hf-sparseout sweep --q 1.5,2.5 --task classification --max-steps 200 --save-steps 50 --format json
+
+      accelerate launch --multi_gpu --num_processes 2 -m hf_sparseout_cli sweep --q 1.5,2 --seeds 2 --max-steps 100
+    """
+    from hf_sparseout.training.args import UsageError
+    from hf_sparseout.training.sweep import DEFAULT_QS, parse_seeds, parse_values
+    from hf_sparseout.training.sweep import sweep as run_sweep
+
+    try:
+        qs = parse_values(q, "--q") if q else list(DEFAULT_QS)
+        ps: list[float | None] = parse_values(p, "--p") if p else [None]
+        if seeds is not None and seed_list is not None:
+            raise UsageError("--seeds and --seed-list are exclusive", "give --seeds 3 or --seed-list 0,7")
+        if seeds is not None and seeds < 1:
+            raise UsageError(f"--seeds must be >= 1, got {seeds}")
+        seed_values = parse_seeds(seed_list) if seed_list is not None else list(range(3 if seeds is None else seeds))
+        params = parse_finetune_options(ctx.args)
+    except UsageError as err:
+        fail(CliError(str(err), err.hint))
+    except CliError as err:
+        fail(err)
+    params.update(output_dir=output_dir, overwrite_output_dir=overwrite_output_dir, baseline=baseline)
+    args = args_from_params(params)
+    log = (lambda msg: typer.echo(msg, err=True)) if fmt is OutputFormat.json else typer.echo
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        result = run_sweep(args, qs, ps, seed_values, log=log)
+    except UsageError as err:
+        fail(CliError(str(err), err.hint))
+    except KeyboardInterrupt:
+        typer.echo("Interrupted: finished runs are kept; rerun the same command to resume the sweep", err=True)
+        raise typer.Exit(code=130) from None
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if not result.is_main_process:
+        return
+    if fmt is OutputFormat.json:
+        typer.echo(json.dumps(result.to_dict(), indent=2, default=float))
+    else:
+        _print_summary(result)
+        typer.echo(f"Wrote {result.output_dir}/ (sweep.json, sweep.md, sweep.png, one directory per run)")
+
+
+def _print_summary(result: Any) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from hf_sparseout.training.sweep import format_mean_std
+
+    m = result.metric
+    with_p = any(r["p"] is not None for r in result.summary)
+    table = Table(title=f"hf-sparseout sweep ({result.task}): mean ± std over seeds")
+    for c in [*(["p"] if with_p else []), "q", "n", m, "hoyer"]:
+        table.add_column(c, justify="right")
+    for r in result.summary:
+        cells = [f"{r['p']:g}" if r["p"] is not None else "model's"] if with_p else []
+        cells += [f"{r['q']:g}" + (" (dropout)" if r["baseline"] else ""), str(r["n"])]
+        cells += [format_mean_std(r[f"{m}_mean"], r[f"{m}_std"]), format_mean_std(r["hoyer_mean"], r["hoyer_std"])]
+        table.add_row(*cells)
+    Console().print(table)
+
+
+def standalone_app() -> typer.Typer:
+    """An app with just ``sweep`` (``python -m hf_sparseout_cli.sweep_cmd sweep ...``), for use before registration."""
+    app = typer.Typer(pretty_exceptions_enable=False)
+    app.callback()(lambda: None)
+    app.command("sweep", context_settings=CONTEXT_SETTINGS)(sweep)
+    return app
+
+
+if __name__ == "__main__":
+    standalone_app()()
