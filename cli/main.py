@@ -11,6 +11,7 @@ from hf_sparseout_cli.env_cmd import env
 from hf_sparseout_cli.finetune_cmd import finetune
 from hf_sparseout_cli.inspect_cmd import inspect
 from hf_sparseout_cli.push_cmd import push
+from hf_sparseout_cli.sweep_cmd import CONTEXT_SETTINGS, sweep
 
 app = typer.Typer(
     name="hf-sparseout",
@@ -40,6 +41,7 @@ def _root(
 app.command("finetune")(finetune)
 app.command("inspect")(inspect)
 app.command("push")(push)
+app.command("sweep", context_settings=CONTEXT_SETTINGS)(sweep)
 app.command("env")(env)
 
 

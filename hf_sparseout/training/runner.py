@@ -108,8 +108,13 @@ def _push(out: Path, args: FinetuneArgs, log: Any) -> str:
     return args.hub_model_id
 
 
-def finetune(args: FinetuneArgs, log: Any = print) -> FinetuneOutcome:
-    """Run ``hf-sparseout finetune`` with ``args``; ``UsageError`` for bad input, before anything is written."""
+def finetune(args: FinetuneArgs, log: Any = print, end_training: bool = True) -> FinetuneOutcome:
+    """Run ``hf-sparseout finetune`` with ``args``; ``UsageError`` for bad input, before anything is written.
+
+    ``end_training=False`` keeps accelerate's trackers and process group alive for a caller that runs
+    several fine-tunings in one process (``sweep``): torch cannot re-create the default process group
+    from torchrun's store in the same process.
+    """
     from transformers import DataCollatorWithPadding, default_data_collator
 
     args.validate()
@@ -169,5 +174,9 @@ def finetune(args: FinetuneArgs, log: Any = print) -> FinetuneOutcome:
         files["card"] = str(write_model_card(out, repo_id=args.hub_model_id))
         if args.push_to_hub:
             files["pushed_to"] = _push(out, args, log)
-    accelerator.end_training()
+    if end_training:
+        accelerator.end_training()
+    else:
+        for tracker in accelerator.trackers:
+            tracker.finish()
     return FinetuneOutcome(task, results, out, files)

@@ -20,8 +20,7 @@ import dataclasses
 import json
 import math
 import statistics
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -359,9 +358,12 @@ def sweep(
     _check_output_dir(root, args, points)
 
     state = PartialState(cpu=not torch.cuda.is_available())
-    with _process_group_kept(state):
-        status = _run_grid(args, points, root, state, log)
-        return _summarise(args, list(qs), ps, list(seeds), points, root, status, state)
+    status = _run_grid(args, points, root, state, log)
+    result = _summarise(args, list(qs), ps, list(seeds), points, root, status, state)
+    if state.use_distributed:
+        state.wait_for_everyone()
+        state.destroy_process_group()
+    return result
 
 
 def _run_grid(
@@ -393,7 +395,7 @@ def _run_grid(
             overwrite_output_dir=states[pt] == "fresh",
             resume_from_checkpoint="latest" if states[pt] == "resume" else None,
         )
-        finetune(run_args, log=lambda msg, pt=pt: log(f"[{pt.label}] {msg}"))
+        finetune(run_args, log=lambda msg, pt=pt: log(f"[{pt.label}] {msg}"), end_training=False)
         status[pt] = "resumed" if states[pt] == "resume" else "trained"
     state.wait_for_everyone()  # every metrics.json is written
     return status
@@ -432,26 +434,3 @@ def _summarise(
         write_markdown(paths["markdown"], result, args)
         write_plot(paths["plot"], result)
     return result
-
-
-@contextmanager
-def _process_group_kept(state: Any) -> Iterator[None]:
-    """Keep a multi-process run's process group alive across the sweep's runs.
-
-    ``finetune`` ends with ``accelerator.end_training()``, which destroys the process group, and torch
-    cannot re-create the default group from torchrun's store in the same process (the next run would hang):
-    so the destroy is deferred to the end of the sweep.
-    """
-    from accelerate.state import PartialState
-
-    if not state.use_distributed:
-        yield
-        return
-    original = PartialState.destroy_process_group
-    PartialState.destroy_process_group = lambda self, group=None: None  # type: ignore[method-assign]
-    try:
-        yield
-    finally:
-        PartialState.destroy_process_group = original  # type: ignore[method-assign]
-    state.wait_for_everyone()  # not reached on an error: another process may never arrive
-    state.destroy_process_group()
