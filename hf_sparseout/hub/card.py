@@ -22,8 +22,8 @@ from typing import Any
 from hf_sparseout.hub.save_load import (
     ADAPTER_CONFIG_FILE,
     CONFIG_FILE,
-    CheckpointError,
     read_checkpoint_config,
+    read_json,
 )
 from hf_sparseout.loading import resolve_task
 from hf_sparseout.version import __version__
@@ -132,15 +132,7 @@ def _config_rows(config: dict[str, Any]) -> list[tuple[str, str]]:
 
 def _read_run_file(directory: Path) -> dict[str, Any] | None:
     path = directory / RUN_FILE
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{path} is not valid JSON: {err}") from err
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path} does not hold a JSON object")
-    return data
+    return read_json(path) if path.is_file() else None
 
 
 def _plots(directory: Path, listed: dict[str, str] | None) -> list[tuple[str, str]]:

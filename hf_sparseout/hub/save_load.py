@@ -62,7 +62,8 @@ def parse_sparseout_block(data: Any, source: str) -> SparseoutConfig:
         ) from err
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from ``path`` (``CheckpointError`` if unreadable or not an object)."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as err:
@@ -84,7 +85,7 @@ def read_checkpoint_config(directory: str | Path) -> tuple[SparseoutConfig, str]
         raise CheckpointError(f"{directory} is not a directory")
     sidecar = directory / SIDECAR_FILE
     if sidecar.is_file():
-        data = _read_json(sidecar)
+        data = read_json(sidecar)
         applied_to = data.get("applied_to", "peft_model")
         if applied_to not in APPLIED_TO:
             raise CheckpointError(f"{sidecar}: 'applied_to' must be one of {APPLIED_TO}, got {applied_to!r}")
@@ -99,7 +100,7 @@ def read_checkpoint_config(directory: str | Path) -> tuple[SparseoutConfig, str]
                 "hf_sparseout.save_pretrained from a patched model"
             )
         raise CheckpointError(f"{directory} has no {CONFIG_FILE}: it is not a save_pretrained checkpoint")
-    data = _read_json(config_file)
+    data = read_json(config_file)
     if CONFIG_KEY not in data:
         raise CheckpointError(
             f"{config_file} has no {CONFIG_KEY!r} block: the model was not patched when it was saved "
@@ -279,7 +280,7 @@ def _load_adapter(
     from peft import PeftModel
 
     if base_model is None:
-        base_model = _read_json(directory / ADAPTER_CONFIG_FILE).get("base_model_name_or_path")
+        base_model = read_json(directory / ADAPTER_CONFIG_FILE).get("base_model_name_or_path")
         if not base_model:
             raise CheckpointError(
                 f"{directory / ADAPTER_CONFIG_FILE} names no base model: pass base_model=<model or name>"
