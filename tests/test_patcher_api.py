@@ -229,3 +229,25 @@ def test_patch_records_its_config_on_the_model_config_and_unpatch_removes_it():
     assert json.loads(model.config.to_json_string())["sparseout"]["q"] == 1.25
     hf_sparseout.unpatch(model)
     assert not hasattr(model.config, "sparseout")
+
+
+def test_channel_dropout_is_reported_as_plain_never_replaced():
+    """Sparseout is element-wise: nn.Dropout2d (channel masks) stays as it is and the report says so."""
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(4, 4)
+            self.drop = torch.nn.Dropout(0.1)
+            self.chan = torch.nn.Dropout2d(0.2)
+
+        def forward(self, x):
+            return self.chan(self.drop(self.lin(x)))
+
+    net = Net()
+    inputs = {"x": torch.randn(2, 3, 4, 4)}
+    report = hf_sparseout.patch(net, SparseoutConfig(q=1.5), example_inputs=inputs)
+    assert [s.name for s in report.sparseout_sites] == ["drop"]
+    chan = report.site("chan:dropout2d")
+    assert chan.kind == "unattributed" and not chan.sparseout and chan.p == 0.2
+    assert type(net.chan) is torch.nn.Dropout2d and isinstance(net.drop, hf_sparseout.Sparseout)

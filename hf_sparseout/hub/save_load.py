@@ -23,7 +23,7 @@ from torch import nn
 
 from hf_sparseout.loading import load_model
 from hf_sparseout.patcher.config import SparseoutConfig
-from hf_sparseout.patcher.model import CONFIG_KEY, STATE_ATTR, patch
+from hf_sparseout.patcher.model import CONFIG_KEY, get_report, is_patched, patch, replaced_config_values
 from hf_sparseout.patcher.report import SiteReport
 
 CONFIG_FILE = "config.json"
@@ -109,17 +109,12 @@ def read_checkpoint_config(directory: str | Path) -> tuple[SparseoutConfig, str]
     return parse_sparseout_block(data[CONFIG_KEY], str(config_file)), "model"
 
 
-def _own_patch(model: nn.Module) -> Any:
-    """The patch state held by ``model`` itself (a PeftModel forwards unknown attributes to its base model)."""
-    return vars(model).get(STATE_ATTR)
-
-
 def _patched_modules(model: nn.Module) -> list[nn.Module]:
     """``model`` and, for a PEFT model, its base model: whichever carry a patch."""
-    found = [model] if _own_patch(model) is not None else []
+    found = [model] if is_patched(model) else []
     if is_peft_model(model):
         base = model.get_base_model()
-        if _own_patch(base) is not None:
+        if is_patched(base):
             found.append(base)
     return found
 
@@ -132,15 +127,12 @@ def original_config_values(model: nn.Module) -> Iterator[None]:
     puts a marker carrying the new ``p`` there; config.json must keep the value the model was
     built with, or a reload would see the patched ``p`` as the site's own.
     """
-    from transformers import PretrainedConfig
-
     swapped: list[tuple[Any, str, Any]] = []
     try:
         for patched in _patched_modules(model):
-            for action, owner, name, original in _own_patch(patched).undo:
-                if action == "setattr" and isinstance(owner, PretrainedConfig):
-                    swapped.append((owner, name, getattr(owner, name)))
-                    setattr(owner, name, original)
+            for owner, name, original in replaced_config_values(patched):
+                swapped.append((owner, name, getattr(owner, name)))
+                setattr(owner, name, original)
         yield
     finally:
         for owner, name, current in reversed(swapped):
@@ -151,11 +143,11 @@ def _sidecar(model: nn.Module) -> dict[str, Any] | None:
     """The ``sparseout_config.json`` content of a patched PEFT model (``None`` if not PEFT or not patched)."""
     if not is_peft_model(model):
         return None
-    if _own_patch(model) is not None:
-        return {CONFIG_KEY: _own_patch(model).report.config, "applied_to": "peft_model"}
+    if is_patched(model):
+        return {CONFIG_KEY: get_report(model).config, "applied_to": "peft_model"}
     base = model.get_base_model()
-    if _own_patch(base) is not None:
-        return {CONFIG_KEY: _own_patch(base).report.config, "applied_to": "base_model"}
+    if is_patched(base):
+        return {CONFIG_KEY: get_report(base).config, "applied_to": "base_model"}
     return None
 
 

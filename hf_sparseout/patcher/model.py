@@ -26,7 +26,6 @@ _MISSING = object()
 class _Plan:
     report: SiteReport
     candidates: dict[str, Candidate]
-    inserts: list[str]
 
 
 @dataclass
@@ -85,6 +84,15 @@ def _kind(cand: Candidate) -> str:
     return "config-only" if cand.p == 0 else "functional"
 
 
+def _with_overrides(config: SparseoutConfig, name: str, p: float) -> tuple[float, float]:
+    """(p, q) for the site ``name``: ``p`` and ``config.q``, then every matching override in order."""
+    q = config.q
+    for pattern, values in config.overrides.items():
+        if name_matches(pattern, name):
+            p, q = values.get("p", p), values.get("q", q)
+    return p, q
+
+
 def _plan(model: nn.Module, config: SparseoutConfig, example_inputs: dict[str, Any] | None) -> _Plan:
     if is_patched(model):
         raise ValueError("this model is already patched by hf-sparseout: call hf_sparseout.unpatch(model) first")
@@ -108,12 +116,10 @@ def _plan(model: nn.Module, config: SparseoutConfig, example_inputs: dict[str, A
         elif site.kind == "attention" and config.attention == "keep":
             site.reason = "attention='keep'"
         else:
-            new_p, q = (site.p if config.p is None else config.p), config.q
+            new_p = site.p if config.p is None else config.p
             if site.kind == "config-only" and config.targets is None:
                 new_p = 0.0  # off in the model's config: enabled only when selected explicitly
-            for pattern, values in config.overrides.items():
-                if name_matches(pattern, site.name):
-                    new_p, q = values.get("p", new_p), values.get("q", q)
+            new_p, q = _with_overrides(config, site.name, new_p)
             if new_p == 0 and site.kind == "config-only":
                 site.reason = "p = 0 in the model's config: select it with targets (and p) or an override to enable"
             elif new_p == 0:
@@ -125,17 +131,14 @@ def _plan(model: nn.Module, config: SparseoutConfig, example_inputs: dict[str, A
 
     inserts = [n for n, _ in model.named_modules() if n and config.insert is not None and select(config.insert, n)]
     for name in inserts:
-        new_p, q = config.p or 0.0, config.q
-        for pattern, values in config.overrides.items():
-            if name_matches(pattern, name):
-                new_p, q = values.get("p", new_p), values.get("q", q)
+        new_p, q = _with_overrides(config, name, config.p or 0.0)
         sites.append(Site(name, "inserted", 0.0, 0, True, float(new_p), float(q), None, f"{name}.sparseout"))
 
     for u in probe.unattributed:
         reason = "its probability is a literal or computed value, not a module attribute: cannot be redirected"
         sites.append(Site(u.name, "unattributed", u.p, u.calls, reason=reason))
     report = SiteReport(type(model).__name__, impl, config.to_dict(), sites)
-    return _Plan(report, candidates, inserts)
+    return _Plan(report, candidates)
 
 
 def _check_patterns(config: SparseoutConfig, names: list[str], model: nn.Module) -> None:
@@ -230,7 +233,7 @@ def patch(model: nn.Module, config: SparseoutConfig, example_inputs: dict[str, A
                 if child in parent._modules:
                     raise ValueError(f"{parent_name or type(model).__name__} already has a submodule {child!r}")
                 parent.add_module(child, module)
-                state.undo.append(("delmodule", parent, child, None))
+                state.undo.append(("delmodule", parent, child, _MISSING))
                 setattr(owner, cand.attr, module.p)
                 state.undo.append(("setattr", owner, cand.attr, original))
         model_config = getattr(model, "config", None)
@@ -238,7 +241,7 @@ def patch(model: nn.Module, config: SparseoutConfig, example_inputs: dict[str, A
             # save_pretrained then writes the patch into config.json under "sparseout".
             previous = model_config.__dict__.get(CONFIG_KEY, _MISSING)
             setattr(model_config, CONFIG_KEY, config.to_dict())
-            state.undo.append(("config", model_config, CONFIG_KEY, previous))
+            state.undo.append(("setattr", model_config, CONFIG_KEY, previous))
         for name in sorted(readers):
             reader = model.get_submodule(name)
             previous = reader.__dict__.get("forward", _MISSING)
@@ -254,26 +257,16 @@ def patch(model: nn.Module, config: SparseoutConfig, example_inputs: dict[str, A
 
 def _undo(state: PatchState) -> None:
     for action, target, name, value in reversed(state.undo):
-        if action == "setattr":
-            setattr(target, name, value)
-        elif action == "delmodule":
-            delattr(target, name)
-        elif action == "insert":
+        if action == "insert":
             value.remove()
-            delattr(target, name)
-        elif action == "config":
-            if value is _MISSING:
-                delattr(target, name)
-            else:
-                setattr(target, name, value)
-        elif action == "forward":
+        if action == "forward":
             ckpt = target.__dict__.get("_gradient_checkpointing_func")
             if isinstance(ckpt, RedirectingCheckpoint):
                 target._gradient_checkpointing_func = ckpt.inner
-            if value is _MISSING:
-                del target.forward
-            else:
-                target.forward = value
+        if value is _MISSING or action == "insert":
+            delattr(target, name)  # added by the patch (an attribute, a submodule, an instance forward)
+        else:
+            setattr(target, name, value)
     state.undo.clear()
 
 
@@ -285,6 +278,22 @@ def unpatch(model: nn.Module) -> nn.Module:
     _undo(state)
     object.__delattr__(model, STATE_ATTR)
     return model
+
+
+def replaced_config_values(model: nn.Module) -> list[tuple[Any, str, Any]]:
+    """``(config, attribute, original value)`` for each config probability the patch turned into a marker.
+
+    A few models (Falcon) read a dropout probability from ``model.config`` at run time; saving the
+    config must write the original values (see ``hf_sparseout.save_pretrained``).
+    """
+    state = _state(model)
+    if state is None:
+        return []
+    return [
+        (target, name, original)
+        for action, target, name, original in state.undo
+        if action == "setattr" and not isinstance(target, nn.Module) and isinstance(getattr(target, name), SiteP)
+    ]
 
 
 def get_report(model: nn.Module) -> SiteReport:

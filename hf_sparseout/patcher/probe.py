@@ -6,7 +6,9 @@ float, and a forward pass under a ``TorchFunctionMode`` records where every mark
 other dropout with ``p > 0``) ends up: called as a module, passed to ``F.dropout`` /
 ``torch.dropout``, or passed to attention (``scaled_dot_product_attention``'s ``dropout_p`` or
 ``F.dropout`` on attention probabilities). The pass runs under ``torch.no_grad`` with the RNG
-state forked, and every attribute, hook and training flag is restored afterwards.
+state forked, and every attribute, hook and training flag is restored afterwards. Channel and
+alpha dropout (``nn.Dropout2d``, ``F.alpha_dropout``, ...) are not element-wise: they are reported
+as ``unattributed`` plain dropout, never replaced.
 """
 
 from __future__ import annotations
@@ -21,18 +23,8 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from hf_sparseout.layers import Sparseout
+from hf_sparseout.patcher.calls import DROPOUT_FUNCS, ELEMENTWISE, SDPA_DROPOUT, get_arg, with_arg
 from hf_sparseout.patcher.config import is_finite_probability
-
-_DROPOUT_FUNCS = {
-    F.dropout: (1, "p", 2, "training"),
-    torch.dropout: (1, "p", 2, "train"),
-    F.dropout1d: (1, "p", 2, "training"),
-    F.dropout2d: (1, "p", 2, "training"),
-    F.dropout3d: (1, "p", 2, "training"),
-    F.alpha_dropout: (1, "p", 2, "training"),
-    F.feature_alpha_dropout: (1, "p", 2, "training"),
-}
-_DROPOUT_MODULES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)
 
 
 @dataclass
@@ -82,12 +74,6 @@ class _ProbeP(float):
         return obj
 
 
-def _arg(args: tuple, kwargs: dict, index: int, name: str, default: Any) -> Any:
-    if name in kwargs:
-        return kwargs[name]
-    return args[index] if len(args) > index else default
-
-
 def _is_attention_module(module: nn.Module) -> bool:
     name = type(module).__name__.lower()
     return "attention" in name or "attn" in name
@@ -101,31 +87,25 @@ class _ProbeMode(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        spec = _DROPOUT_FUNCS.get(func)
+        spec = DROPOUT_FUNCS.get(func)
         if spec is not None:
-            p = _arg(args, kwargs, spec[0], spec[1], 0.5)
-            training = _arg(args, kwargs, spec[2], spec[3], True)
-            x = _arg(args, kwargs, 0, "input", None)
-            self._record(func, p, training, x, attention_shape=x is not None and x.dim() == 4)
+            p_index, p_name, t_index, t_name = spec
+            p = get_arg(args, kwargs, p_index, p_name, 0.5)
+            x = get_arg(args, kwargs, 0, "input", None)
+            training = get_arg(args, kwargs, t_index, t_name, True)
+            self._record(func, p, training, x is not None and x.dim() == 4, sdpa=False)
             if isinstance(p, _ProbeP):
-                kwargs = dict(kwargs)
-                if spec[1] in kwargs:
-                    kwargs[spec[1]] = float(p)
-                else:
-                    args = (*args[: spec[0]], float(p), *args[spec[0] + 1 :])
+                args, kwargs = with_arg(args, kwargs, p_index, p_name, float(p))
         elif func is F.scaled_dot_product_attention:
-            p = _arg(args, kwargs, 4, "dropout_p", 0.0)
-            self._record(func, p, True, None, attention_shape=True, sdpa=True)
+            p = get_arg(args, kwargs, *SDPA_DROPOUT, 0.0)
+            self._record(func, p, True, True, sdpa=True)
             if isinstance(p, _ProbeP):
-                if "dropout_p" in kwargs:
-                    kwargs = {**kwargs, "dropout_p": float(p)}
-                else:
-                    args = (*args[:4], float(p), *args[5:])
+                args, kwargs = with_arg(args, kwargs, *SDPA_DROPOUT, float(p))
         return func(*args, **kwargs)
 
-    def _record(self, func, p, training, x, attention_shape: bool, sdpa: bool = False) -> None:
+    def _record(self, func, p, training, attention_shape: bool, sdpa: bool) -> None:
         top_name, top_module = self.stack[-1] if self.stack else ("", None)
-        if isinstance(p, _ProbeP):
+        if isinstance(p, _ProbeP) and (sdpa or func in ELEMENTWISE):
             cand = p.cand
             if cand.is_module and top_name == cand.name:
                 return  # the dropout module's own forward: counted by its pre-hook
@@ -137,6 +117,7 @@ class _ProbeMode(TorchFunctionMode):
             else:
                 cand.functional_calls += 1
         elif training and is_finite_probability(p) and p > 0:
+            # a probability that is not an attribute, or a channel/alpha dropout Sparseout does not replace
             key = (top_name, func.__name__)
             entry = self.unattributed.setdefault(key, Unattributed(f"{top_name}:{func.__name__}", func.__name__, p))
             entry.calls += 1
@@ -148,7 +129,9 @@ def find_candidates(model: nn.Module) -> list[Candidate]:
     for name, module in model.named_modules():
         if isinstance(module, Sparseout):
             continue
-        if isinstance(module, _DROPOUT_MODULES):
+        if type(module) is nn.Dropout or (
+            isinstance(module, nn.Dropout) and type(module).forward is nn.Dropout.forward
+        ):
             owner, _, attr = name.rpartition(".")
             found.append(Candidate(name, owner, attr, float(module.p), is_module=True))
         for attr, value in vars(module).items():

@@ -20,6 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from hf_sparseout.patcher.calls import DROPOUT_FUNCS, ELEMENTWISE, SDPA_DROPOUT, get_arg, with_arg
+
 
 class SiteP(float):
     """A dropout probability that knows which Sparseout module should apply it."""
@@ -41,21 +43,12 @@ class SiteP(float):
         return (SiteP, (float(self), self.site, self.module))
 
 
-_DROPOUT_FUNCS = {F.dropout: ("input", "p", "training"), torch.dropout: ("input", "p", "train")}
-
-
-def _arg(args: tuple, kwargs: dict, index: int, name: str, default: Any) -> Any:
-    if name in kwargs:
-        return kwargs[name]
-    return args[index] if len(args) > index else default
-
-
 def attention_with_site(site: nn.Module, args: tuple, kwargs: dict) -> torch.Tensor:
     """``scaled_dot_product_attention`` computed explicitly, with ``site`` on the probabilities."""
-    query, key, value = (_arg(args, kwargs, i, n, None) for i, n in enumerate(("query", "key", "value")))
-    attn_mask = _arg(args, kwargs, 3, "attn_mask", None)
-    is_causal = _arg(args, kwargs, 5, "is_causal", False)
-    scale = _arg(args, kwargs, 6, "scale", None)
+    query, key, value = (get_arg(args, kwargs, i, n, None) for i, n in enumerate(("query", "key", "value")))
+    attn_mask = get_arg(args, kwargs, 3, "attn_mask", None)
+    is_causal = get_arg(args, kwargs, 5, "is_causal", False)
+    scale = get_arg(args, kwargs, 6, "scale", None)
     if kwargs.get("enable_gqa", False) and key.size(-3) != query.size(-3):
         groups = query.size(-3) // key.size(-3)
         key, value = key.repeat_interleave(groups, dim=-3), value.repeat_interleave(groups, dim=-3)
@@ -76,24 +69,21 @@ class RedirectMode(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        spec = _DROPOUT_FUNCS.get(func)
-        if spec is not None:
-            p = _arg(args, kwargs, 1, spec[1], 0.5)
+        if func in ELEMENTWISE:
+            p_index, p_name, t_index, t_name = DROPOUT_FUNCS[func]
+            p = get_arg(args, kwargs, p_index, p_name, 0.5)
             if isinstance(p, SiteP):
-                x = _arg(args, kwargs, 0, spec[0], None)
-                if _arg(args, kwargs, 2, spec[2], True) or not p.module.training:
+                x = get_arg(args, kwargs, 0, "input", None)
+                if get_arg(args, kwargs, t_index, t_name, True) or not p.module.training:
                     # In eval the module is the identity, but calling it lets hooks (SparsityMonitor) see the site.
                     return p.module(x)
                 return x
         elif func is F.scaled_dot_product_attention:
-            p = _arg(args, kwargs, 4, "dropout_p", 0.0)
+            p = get_arg(args, kwargs, *SDPA_DROPOUT, 0.0)
             if isinstance(p, SiteP):
                 if p.module.training and p > 0:
                     return attention_with_site(p.module, args, kwargs)
-                if "dropout_p" in kwargs:
-                    kwargs = {**kwargs, "dropout_p": 0.0}
-                else:
-                    args = (*args[:4], 0.0, *args[5:])
+                args, kwargs = with_arg(args, kwargs, *SDPA_DROPOUT, 0.0)
         return func(*args, **kwargs)
 
 
