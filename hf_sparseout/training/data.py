@@ -177,9 +177,8 @@ def text_column(dataset: Dataset, args: FinetuneArgs) -> str:
     return column
 
 
-def prepare(args: FinetuneArgs, tokenizer: Any, task: str, raw: DatasetDict) -> PreparedData:
-    """Tokenise the chosen splits for ``task``."""
-    train, evaluation = pick_splits(raw, args)
+def prepare(args: FinetuneArgs, tokenizer: Any, task: str, train: Dataset, evaluation: Dataset) -> PreparedData:
+    """Tokenise the train and eval splits (from :func:`pick_splits`) for ``task``."""
     text_col = text_column(train, args)
     if task == "causal-lm":
         return _prepare_causal(args, tokenizer, train, evaluation, text_col)

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 
 import hf_sparseout
 from hf_sparseout.training import checkpoints
-from hf_sparseout.training.args import FinetuneArgs
+from hf_sparseout.training.args import FinetuneArgs, UsageError
 from hf_sparseout.training.evaluation import evaluate
 from hf_sparseout.training.sparsity import make_monitor, summarize
 
@@ -92,7 +92,10 @@ def run(
     model = make_model()
     if args.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    report = hf_sparseout.patch(model, sparseout_config(args, q))
+    try:
+        report = hf_sparseout.patch(model, sparseout_config(args, q))
+    except ValueError as err:  # a pattern that matches nothing in this model, nothing to patch, ...
+        raise UsageError(str(err), "run hf-sparseout inspect on the model to see its sites") from err
     generator = torch.Generator().manual_seed(args.seed)
     train_dl = DataLoader(train_set, batch_size=args.batch_size, shuffle=True, collate_fn=collate, generator=generator)
     eval_dl = DataLoader(eval_set, batch_size=args.batch_size, shuffle=False, collate_fn=collate)
@@ -131,8 +134,9 @@ def run(
         total=total, initial=result.global_step, desc=f"{name} (q={q:g})", disable=not accelerator.is_local_main_process
     )
     start, seen_units = time.perf_counter(), 0
+    eval_every = args.eval_steps or (max(1, math.ceil(total / 4)) if args.offline_default else None)
     model.train()
-    running = 0.0
+    running = torch.zeros(())
     while result.global_step < total:
         train_dl.set_epoch(epoch)
         loader = accelerator.skip_first_batches(train_dl, batch_in_epoch) if batch_in_epoch else train_dl
@@ -146,18 +150,15 @@ def run(
                 scheduler.step()
                 optimizer.zero_grad()
             batch_in_epoch += 1
-            running += loss.detach().float().item() / args.gradient_accumulation_steps
-            units = batch["attention_mask"].sum() if "attention_mask" in batch else batch["input_ids"].numel()
-            seen_units += (
-                int(units) * accelerator.num_processes
-                if task == "causal-lm"
-                else len(batch["labels"]) * accelerator.num_processes
-            )
+            running = running.to(loss.device) + loss.detach().float() / args.gradient_accumulation_steps
+            # tokens (causal LM: unpadded blocks) or samples, from shapes: no device sync per batch
+            units = batch["input_ids"].numel() if task == "causal-lm" else len(batch["labels"])
+            seen_units += units * accelerator.num_processes
             if not accelerator.sync_gradients:
                 continue
             result.global_step += 1
-            avg = running
-            running = 0.0
+            avg = running.item()  # one sync per optimizer step, for the log and the progress bar
+            running = torch.zeros((), device=loss.device)
             result.train_loss.append((result.global_step, avg))
             rate = seen_units / max(time.perf_counter() - start, 1e-9)
             lr = scheduler.get_last_lr()[0]
@@ -166,7 +167,6 @@ def run(
             )
             bar.update(1)
             accelerator.log({f"{name}/train_loss": avg, f"{name}/lr": lr}, step=result.global_step)
-            eval_every = args.eval_steps or (max(1, math.ceil(total / 4)) if args.offline_default else None)
             if eval_every and result.global_step % eval_every == 0 and result.global_step < total:
                 do_eval()
             if args.save_steps and result.global_step % args.save_steps == 0:

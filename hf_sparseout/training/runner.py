@@ -74,11 +74,6 @@ def _accelerator(args: FinetuneArgs) -> Any:
         raise UsageError(f"accelerate could not start: {err}", "check --mixed-precision and --report-to") from err
 
 
-def _texts(raw: Any, args: FinetuneArgs) -> list[str]:
-    train, _ = pick_splits(raw, args)
-    return [t for t in train[text_column(train, args)] if isinstance(t, str)]
-
-
 def _check_push(args: FinetuneArgs) -> None:
     """Before training: a valid repo id and a token (never printed), so a long run does not fail at the end."""
     from huggingface_hub import get_token
@@ -133,8 +128,12 @@ def finetune(args: FinetuneArgs, log: Any = print, end_training: bool = True) ->
     task = task or infer_task(raw, args)
     model_name, from_config = default_model(args, task)
     tokenizer_name = args.tokenizer or model_name
-    tokenizer = load_tokenizer(tokenizer_name) if tokenizer_name else train_tokenizer(_texts(raw, args))
-    prepared = prepare(args, tokenizer, task, raw)
+    train, evaluation = pick_splits(raw, args)
+    if tokenizer_name:
+        tokenizer = load_tokenizer(tokenizer_name)
+    else:
+        tokenizer = train_tokenizer([t for t in train[text_column(train, args)] if isinstance(t, str)])
+    prepared = prepare(args, tokenizer, task, train, evaluation)
     log(
         f"task: {task}; data: {source}; model: {model_name or 'from config ' + str(from_config)}; "
         f"train {len(prepared.train)} / eval {len(prepared.eval)} {'blocks' if task == 'causal-lm' else 'examples'}"
@@ -156,12 +155,9 @@ def finetune(args: FinetuneArgs, log: Any = print, end_training: bool = True) ->
         num_labels=prepared.num_labels,
         log=log,
     )
-    try:
-        results = [run("sparseout", args.q, args, **common)]
-        if args.baseline:
-            results.append(run("baseline", 2.0, args, **common))
-    except ValueError as err:  # e.g. a pattern that matches nothing in this model
-        raise UsageError(str(err), "run hf-sparseout inspect on the model to see its sites") from err
+    results = [run("sparseout", args.q, args, **common)]
+    if args.baseline:
+        results.append(run("baseline", 2.0, args, **common))
     save_final(results[0], accelerator, tokenizer, out)
     if args.baseline:
         save_final(results[1], accelerator, tokenizer, out / "baseline")
