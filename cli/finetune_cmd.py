@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import signal
 from collections.abc import Mapping
 from enum import Enum
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from hf_sparseout_cli.errors import CliError, fail
+from hf_sparseout_cli.errors import run_job
 from hf_sparseout_cli.options import (
     AttentionMode,
     AttentionOpt,
@@ -247,26 +246,15 @@ def finetune(
       accelerate launch --multi_gpu --num_processes 2 -m hf_sparseout_cli finetune --max-steps 100
     """
     params = dict(locals())  # the options, before anything else is bound
-    from hf_sparseout.training.args import UsageError
     from hf_sparseout.training.reporting import print_summary
     from hf_sparseout.training.runner import finetune as run_finetune
 
     args = args_from_params(params)
     log = (lambda msg: typer.echo(msg, err=True)) if fmt is OutputFormat.json else typer.echo
-    previous = signal.getsignal(signal.SIGINT)
-    try:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        outcome = run_finetune(args, log=log)
-    except UsageError as err:
-        fail(CliError(str(err), err.hint))
-    except KeyboardInterrupt:
-        typer.echo(
-            "Interrupted: the last complete checkpoint is intact; continue with --resume-from-checkpoint latest",
-            err=True,
-        )
-        raise typer.Exit(code=130) from None
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    outcome = run_job(
+        lambda: run_finetune(args, log=log),
+        "the last complete checkpoint is intact; continue with --resume-from-checkpoint latest",
+    )
     if fmt is OutputFormat.json:
         typer.echo(
             json.dumps(

@@ -9,13 +9,12 @@ so the two commands cannot drift apart.
 from __future__ import annotations
 
 import json
-import signal
 from typing import Annotated, Any
 
 import typer
 from typer.core import TyperCommand
 
-from hf_sparseout_cli.errors import CliError, fail
+from hf_sparseout_cli.errors import CliError, fail, run_job
 from hf_sparseout_cli.finetune_cmd import args_from_params, finetune
 from hf_sparseout_cli.options import OutputFormat
 
@@ -158,17 +157,10 @@ def sweep(
     params.update(output_dir=output_dir, overwrite_output_dir=overwrite_output_dir, baseline=baseline)
     args = args_from_params(params)
     log = (lambda msg: typer.echo(msg, err=True)) if fmt is OutputFormat.json else typer.echo
-    previous = signal.getsignal(signal.SIGINT)
-    try:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        result = run_sweep(args, qs, ps, seed_values, log=log)
-    except UsageError as err:
-        fail(CliError(str(err), err.hint))
-    except KeyboardInterrupt:
-        typer.echo("Interrupted: finished runs are kept; rerun the same command to resume the sweep", err=True)
-        raise typer.Exit(code=130) from None
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    result = run_job(
+        lambda: run_sweep(args, qs, ps, seed_values, log=log),
+        "finished runs are kept; rerun the same command to resume the sweep",
+    )
     if not result.is_main_process:
         return
     if fmt is OutputFormat.json:
@@ -195,15 +187,3 @@ def _print_summary(result: Any) -> None:
         cells += [format_mean_std(r[f"{m}_mean"], r[f"{m}_std"]), format_mean_std(r["hoyer_mean"], r["hoyer_std"])]
         table.add_row(*cells)
     Console().print(table)
-
-
-def standalone_app() -> typer.Typer:
-    """An app with just ``sweep`` (``python -m hf_sparseout_cli.sweep_cmd sweep ...``), for use before registration."""
-    app = typer.Typer(pretty_exceptions_enable=False)
-    app.callback()(lambda: None)
-    app.command("sweep", context_settings=CONTEXT_SETTINGS)(sweep)
-    return app
-
-
-if __name__ == "__main__":
-    standalone_app()()

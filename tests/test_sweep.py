@@ -17,23 +17,10 @@ from typer.testing import CliRunner
 from hf_sparseout.training.args import FinetuneArgs, UsageError
 from hf_sparseout.training.sweep import BASELINE_Q, GridPoint, aggregate, grid
 from hf_sparseout_cli.finetune_cmd import args_from_params, finetune
-from hf_sparseout_cli.sweep_cmd import parse_finetune_options, standalone_app
+from hf_sparseout_cli.main import app
+from hf_sparseout_cli.sweep_cmd import parse_finetune_options
 
 TINY = [*FAST, "--max-steps", "2", "--max-eval-samples", "4"]
-
-
-def _registered() -> bool:
-    from hf_sparseout_cli.main import app
-
-    return any(c.name == "sweep" for c in app.registered_commands)
-
-
-def _app():
-    if _registered():
-        from hf_sparseout_cli.main import app
-
-        return app
-    return standalone_app()
 
 
 def invoke(*args: str):
@@ -41,7 +28,7 @@ def invoke(*args: str):
     from accelerate.state import AcceleratorState
 
     try:
-        return CliRunner().invoke(_app(), ["sweep", *args])
+        return CliRunner().invoke(app, ["sweep", *args])
     finally:
         AcceleratorState._reset_state(reset_partial_state=True)
 
@@ -330,7 +317,7 @@ def test_a_non_sweep_directory_is_refused(tmp_path):
 
 def test_two_processes_run_every_run_and_write_the_summary_once(tmp_path, data):
     """`accelerate launch --multi_gpu --num_processes 2` (torchrun + gloo on CPU; see test_finetune_multiprocess)."""
-    entry = ["-m", "hf_sparseout_cli"] if _registered() else ["-m", "hf_sparseout_cli.sweep_cmd"]
+    entry = ["-m", "hf_sparseout_cli"]
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
     launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", *entry, "sweep"]
     out = tmp_path / "out"
