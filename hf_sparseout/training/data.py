@@ -4,13 +4,13 @@ tokenisation (causal LM: tokenise then group into blocks; classification: trunca
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from datasets import ClassLabel, Dataset, DatasetDict
 
+from hf_sparseout.loading import hub_offline
 from hf_sparseout.training.args import FinetuneArgs, UsageError
 
 # extension -> (datasets builder, extra load_dataset kwargs)
@@ -103,7 +103,7 @@ def load_raw(args: FinetuneArgs, task: str) -> tuple[DatasetDict, str, tuple[str
     try:
         raw = load_dataset(args.dataset, args.dataset_config)
     except Exception as err:  # ConnectionError, DatasetNotFoundError, FileNotFoundError, ...
-        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0")
+        offline = hub_offline()
         raise UsageError(
             f"could not load dataset {args.dataset!r} ({type(err).__name__}: {str(err)[:200]})",
             "it is not a local path and the Hub "

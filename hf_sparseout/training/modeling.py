@@ -9,6 +9,7 @@ from typing import Any
 
 from torch import nn
 
+from hf_sparseout.loading import offline_hint
 from hf_sparseout.training.args import FinetuneArgs, UsageError
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -100,9 +101,7 @@ def load_tokenizer(name: str) -> Any:
         tokenizer = AutoTokenizer.from_pretrained(name)
     except OSError as err:
         raise UsageError(
-            f"could not load a tokenizer from {name!r}",
-            "not a local directory and the Hub is unreachable: pass a local path, or set HF_HUB_OFFLINE=1 to use "
-            "the cache; with --from-config, omit --tokenizer to train one on the data",
+            f"no tokenizer: {offline_hint(name)}", "with --from-config, omit --tokenizer to train one on the data"
         ) from err
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
