@@ -186,9 +186,8 @@ def sparseout(
     if q == 2.0 or p == 1.0:
         out = F.dropout(input, p=float(p), training=True, inplace=inplace)
         if p < 1.0:
-            with torch.no_grad():  # identity on finite values; nothing saved for backward
-                fmax = torch.finfo(out.dtype).max
-                out.clamp_(-fmax, fmax)
+            with torch.no_grad():  # in place: identity on finite values; nothing saved for backward
+                _saturate(out, out.dtype)
         return out
     if _backend.use_triton(input):  # CUDA + triton (hf_sparseout.ops.backend): the fused kernel
         return _backend.fused_sparseout()(input, float(p), float(q), gradient, inplace)
