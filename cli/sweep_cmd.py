@@ -9,6 +9,7 @@ so the two commands cannot drift apart.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -116,8 +117,10 @@ def sweep(
     Every other option is a finetune option, applied to every run (see
     hf-sparseout finetune --help), except --seed, --resume-from-checkpoint,
     --push-to-hub and --hub-model-id. Each run goes to OUTPUT_DIR/pP/qQ/seedS/
-    (no pP/ level without --p); sweep.json, sweep.md and sweep.png (the metric
-    and Hoyer sparsity against q, error bars over seeds) go to OUTPUT_DIR.
+    (no pP/ level without --p); sweep.json, sweep.md (mean ± std per q, Hoyer per
+    site, training time against dropout), sweep.png (the metric and Hoyer
+    sparsity against q, error bars over seeds) and sweep_sites.png (Hoyer per
+    site and q) go to OUTPUT_DIR.
 
     The dropout baseline is the q=2 run (finetune's baseline is the same patch
     at q=2), trained once per p and seed as part of the grid.
@@ -167,23 +170,25 @@ def sweep(
         typer.echo(json.dumps(result.to_dict(), indent=2, default=float))
     else:
         _print_summary(result)
-        typer.echo(f"Wrote {result.output_dir}/ (sweep.json, sweep.md, sweep.png, one directory per run)")
+        written = ", ".join(Path(f).name for f in result.files.values())
+        typer.echo(f"Wrote {result.output_dir}/ ({written}, one directory per run)")
 
 
 def _print_summary(result: Any) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from hf_sparseout.training.sweep import format_mean_std
+    from hf_sparseout.training.sweep_report import format_mean_std
 
     m = result.metric
     with_p = any(r["p"] is not None for r in result.summary)
     table = Table(title=f"hf-sparseout sweep ({result.task}): mean ± std over seeds")
-    for c in [*(["p"] if with_p else []), "q", "n", m, "hoyer"]:
+    for c in [*(["p"] if with_p else []), "q", "n", m, "hoyer", "time vs dropout"]:
         table.add_column(c, justify="right")
     for r in result.summary:
         cells = [f"{r['p']:g}" if r["p"] is not None else "model's"] if with_p else []
         cells += [f"{r['q']:g}" + (" (dropout)" if r["baseline"] else ""), str(r["n"])]
         cells += [format_mean_std(r[f"{m}_mean"], r[f"{m}_std"]), format_mean_std(r["hoyer_mean"], r["hoyer_std"])]
+        cells.append(format_mean_std(r["time_vs_dropout_mean"], r["time_vs_dropout_std"]))
         table.add_row(*cells)
     Console().print(table)

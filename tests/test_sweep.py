@@ -15,7 +15,8 @@ from finetune_helpers import FAST, write_text_corpus
 from typer.testing import CliRunner
 
 from hf_sparseout.training.args import FinetuneArgs, UsageError
-from hf_sparseout.training.sweep import BASELINE_Q, GridPoint, aggregate, grid
+from hf_sparseout.training.sweep import GridPoint, grid
+from hf_sparseout.training.sweep_report import BASELINE_Q, aggregate
 from hf_sparseout_cli.finetune_cmd import args_from_params, finetune
 from hf_sparseout_cli.main import app
 from hf_sparseout_cli.sweep_cmd import parse_finetune_options
@@ -91,6 +92,29 @@ def test_aggregate_hand_made():
     assert sparse["eval_loss_mean"] == pytest.approx(2.5) and sparse["eval_loss_std"] == pytest.approx(math.sqrt(0.5))
     assert base["baseline"] and base["n"] == 1 and base["perplexity_mean"] == 9.0 and base["perplexity_std"] is None
     assert default["eval_loss_mean"] is None and default["eval_loss_std"] is None and default["seeds"] == [5]
+
+
+def test_aggregate_time_against_dropout_and_sites():
+    """time_vs_dropout pairs each run with the q=2 run of its own p and seed; sites are averaged by name."""
+    tok = {"throughput_unit": "tokens/s"}
+    records = [
+        {"p": 0.1, "q": 2.0, "seed": 0, "throughput": 100.0, **tok, "sites": {"a": 0.2}},
+        {"p": 0.1, "q": 2.0, "seed": 1, "throughput": 200.0, **tok, "sites": {"a": 0.4}},
+        {"p": 0.1, "q": 1.0, "seed": 0, "throughput": 50.0, **tok, "sites": {"a": 0.3}},
+        {"p": 0.1, "q": 1.0, "seed": 1, "throughput": 160.0, **tok, "sites": {"a": 0.5, "b": 0.1}},
+        {"p": 0.3, "q": 1.0, "seed": 0, "throughput": 10.0, **tok},  # no q=2 run at p=0.3
+    ]
+    rows = {(r["p"], r["q"]): r for r in aggregate(records, "perplexity")}
+    base, sparse, lonely = rows[0.1, 2.0], rows[0.1, 1.0], rows[0.3, 1.0]
+    assert base["time_vs_dropout_mean"] == pytest.approx(1.0) and base["time_vs_dropout_std"] == pytest.approx(0.0)
+    # seed 0: 100/50 = 2.0, seed 1: 200/160 = 1.25 (not 150/105: ratios are paired by seed)
+    assert sparse["time_vs_dropout_mean"] == pytest.approx(1.625)
+    assert sparse["time_vs_dropout_std"] == pytest.approx(statistics.stdev([2.0, 1.25]))
+    assert sparse["throughput_mean"] == pytest.approx(105.0) and sparse["throughput_unit"] == "tokens/s"
+    assert lonely["time_vs_dropout_mean"] is None and lonely["site_hoyer"] == {}
+    assert sparse["site_hoyer"]["a"] == pytest.approx({"mean": 0.4, "std": statistics.stdev([0.3, 0.5])})
+    assert sparse["site_hoyer"]["b"] == {"mean": 0.1, "std": None}
+    assert base["site_hoyer"]["a"]["mean"] == pytest.approx(0.3)
 
 
 def test_grid_adds_the_baseline_only_when_q2_is_missing():
@@ -188,6 +212,29 @@ def test_tiny_grid_writes_every_run_and_the_summaries(tiny_sweep):
     assert f"{rows[2.0]['perplexity_mean']:.4g} ± {rows[2.0]['perplexity_std']:.2g}" in line
     assert "![sweep](sweep.png)" in md and "[q1/seed1](q1/seed1/report.md)" in md
     assert (out / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_tiny_grid_summarises_sites_and_time_against_dropout(tiny_sweep):
+    out, _ = tiny_sweep
+    stored = json.loads((out / "sweep.json").read_text())
+    rows = {r["q"]: r for r in stored["summary"]}
+    per_run = {(q, s): _metrics(out / f"q{q:g}" / f"seed{s}")["runs"]["sparseout"] for q in (1.0, 2.0) for s in (0, 1)}
+    sites = set(per_run[1.0, 0]["sparsity"]["sites"])
+    assert len(sites) >= 3 and set(rows[1.0]["site_hoyer"]) == sites
+    for site in sites:
+        got = [per_run[1.0, s]["sparsity"]["sites"][site]["hoyer"] for s in (0, 1)]
+        assert rows[1.0]["site_hoyer"][site]["mean"] == pytest.approx(statistics.fmean(got), rel=1e-12)
+    ratios = [per_run[2.0, s]["throughput"] / per_run[1.0, s]["throughput"] for s in (0, 1)]
+    assert rows[1.0]["time_vs_dropout_mean"] == pytest.approx(statistics.fmean(ratios), rel=1e-9)
+    assert rows[1.0]["throughput_unit"] == "tokens/s"
+
+    md = (out / "sweep.md").read_text()
+    site = sorted(sites)[0]
+    line = next(x for x in md.splitlines() if x.startswith(f"| `{site}` |"))
+    assert line.count("|") == 4  # site + one column per q
+    assert "![per-site Hoyer](sweep_sites.png)" in md and "time vs dropout" in md
+    assert stored["files"]["site_plot"].endswith("sweep_sites.png")
+    assert (out / "sweep_sites.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_resume_retrains_only_the_unfinished_run(tiny_sweep, data, tmp_path):

@@ -4,7 +4,7 @@ Layout of the output directory::
 
     sweep_args.json          the shared finetune options (a resumed sweep must use the same ones)
     p0.1/q1.5/seed0/         one finetune output directory per run (no ``pX/`` level without --p)
-    sweep.json sweep.md sweep.png
+    sweep.json sweep.md sweep.png sweep_sites.png   the summaries (sweep_report.py)
 
 The dropout baseline is the run at q = 2 (finetune's baseline is the same patch at q = 2, so they are
 the same training run): when 2 is in the grid it serves as the baseline, otherwise (unless
@@ -19,8 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import statistics
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,10 +27,9 @@ from typing import Any
 from hf_sparseout.training import checkpoints
 from hf_sparseout.training.args import FinetuneArgs, UsageError
 from hf_sparseout.training.reporting import headline
+from hf_sparseout.training.sweep_report import BASELINE_Q, FILES, aggregate, write_markdown, write_plot, write_site_plot
 
-BASELINE_Q = 2.0
 ARGS_FILE = "sweep_args.json"
-FILES = {"json": "sweep.json", "markdown": "sweep.md", "plot": "sweep.png"}
 DEFAULT_QS = (1.0, 1.5, 2.0, 2.5, 3.0)
 # Options the sweep sets for each run: not compared when a sweep is resumed.
 PER_RUN = ("q", "p", "seed", "output_dir", "overwrite_output_dir", "resume_from_checkpoint", "baseline")
@@ -212,122 +210,11 @@ def _read_record(root: Path, point: GridPoint, status: str) -> tuple[str, dict[s
         "hoyer": row.get("hoyer"),
         "steps": row.get("steps"),
     }
+    run = data.get("runs", {}).get("sparseout", {})
+    record["throughput"] = run.get("throughput")
+    record["throughput_unit"] = run.get("throughput_unit")
+    record["sites"] = {s: v.get("hoyer") for s, v in (run.get("sparsity") or {}).get("sites", {}).items()}
     return data["task"], record
-
-
-def _stats(values: list[float]) -> tuple[float | None, float | None]:
-    mean = statistics.fmean(values) if values else None
-    std = statistics.stdev(values) if len(values) > 1 else None
-    return mean, std
-
-
-def aggregate(records: Iterable[Mapping[str, Any]], metric: str) -> list[dict[str, Any]]:
-    """Mean and sample standard deviation (n - 1; None for one seed) per (p, q), sorted by p then q.
-
-    Each record needs ``p``, ``q``, ``seed`` and the metric, ``hoyer`` and ``eval_loss`` values (None or
-    a missing key is left out of that statistic). ``n`` is the number of seeds of the group.
-    """
-    groups: dict[tuple[float | None, float], list[Mapping[str, Any]]] = {}
-    for r in records:
-        groups.setdefault((r["p"], r["q"]), []).append(r)
-    rows = []
-    for (p, q), group in sorted(groups.items(), key=lambda kv: (kv[0][0] is not None, kv[0][0] or 0.0, kv[0][1])):
-        row: dict[str, Any] = {
-            "p": p,
-            "q": q,
-            "baseline": q == BASELINE_Q,
-            "n": len(group),
-            "seeds": sorted(r["seed"] for r in group),
-        }
-        for key in (metric, "hoyer", "eval_loss"):
-            mean, std = _stats([float(r[key]) for r in group if r.get(key) is not None])
-            row[f"{key}_mean"], row[f"{key}_std"] = mean, std
-        rows.append(row)
-    return rows
-
-
-def format_mean_std(mean: float | None, std: float | None) -> str:
-    """``12.3 ± 0.45`` (just the mean for one seed; empty for no value)."""
-    if mean is None:
-        return ""
-    return f"{mean:.4g}" if std is None else f"{mean:.4g} ± {std:.2g}"
-
-
-def write_markdown(path: Path, result: SweepResult, args: FinetuneArgs) -> Path:
-    """``sweep.md``: the per-(p, q) table (mean ± std over seeds), every run, the plot and the options."""
-    m = result.metric
-    with_p = any(r["p"] is not None for r in result.summary)
-    lines = [
-        f"# hf-sparseout sweep: {result.task}",
-        "",
-        f"Mean ± sample standard deviation over seeds (n seeds per row) of the final eval {m} and of the "
-        "Hoyer sparsity of the activations entering the Sparseout sites (0 dense .. 1 one-hot). "
-        f"q = {BASELINE_Q:g} is plain dropout at the same sites: the dropout baseline.",
-        "",
-        ("| p " if with_p else "") + f"| q | n | {m} | hoyer | eval_loss |",
-        ("|---" if with_p else "") + "|---|---|---|---|---|",
-    ]
-    for r in result.summary:
-        q = f"{r['q']:g}" + (" (dropout baseline)" if r["baseline"] else "")
-        cells = ([("model's" if r["p"] is None else f"{r['p']:g}")] if with_p else []) + [q, str(r["n"])]
-        cells += [format_mean_std(r[f"{k}_mean"], r[f"{k}_std"]) for k in (m, "hoyer", "eval_loss")]
-        lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", f"![sweep]({FILES['plot']})", "", "## Runs", "", f"| run | {m} | hoyer | eval_loss | steps |"]
-    lines.append("|---|---|---|---|---|")
-    for r in result.runs:
-        values = [f"{r[k]:.4g}" if isinstance(r.get(k), float) else str(r.get(k)) for k in (m, "hoyer", "eval_loss")]
-        lines.append(f"| [{r['dir']}]({r['dir']}/report.md) | " + " | ".join(values) + f" | {r['steps']} |")
-    lines += ["", "## Options (every run)", "", "```json", json.dumps(_shared_options(args), indent=2), "```", ""]
-    path.write_text("\n".join(lines))
-    return path
-
-
-def write_plot(path: Path, result: SweepResult) -> Path:
-    """``sweep.png``: the metric (left axis) and Hoyer sparsity (right axis) against q, error bars over seeds.
-
-    One colour per p; the dropout baseline (q = 2) is a horizontal line with a ±1 std band.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    _, label = headline(result.task)
-    m = result.metric
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
-    ax2 = ax.twinx()
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    ps = list(dict.fromkeys(r["p"] for r in result.summary))
-    for i, p in enumerate(ps):
-        rows = [r for r in result.summary if r["p"] == p]
-        colour = colours[i % len(colours)]
-        tag = "" if len(ps) == 1 and p is None else (" (model's p)" if p is None else f" (p={p:g})")
-        qs = [r["q"] for r in rows]
-
-        def err(k: str, rows: list[dict[str, Any]] = rows) -> list[float]:
-            return [r[f"{k}_std"] or 0.0 for r in rows]
-
-        means = [r[f"{m}_mean"] for r in rows]
-        ax.errorbar(qs, means, yerr=err(m), color=colour, marker="o", capsize=3, label=f"{m}{tag}")
-        hoyer = [r["hoyer_mean"] for r in rows]
-        ax2.errorbar(qs, hoyer, yerr=err("hoyer"), color=colour, marker="s", ls="--", capsize=3, label=f"Hoyer{tag}")
-        base = next((r for r in rows if r["baseline"]), None)
-        if base is not None and base[f"{m}_mean"] is not None:
-            mean, std = base[f"{m}_mean"], base[f"{m}_std"] or 0.0
-            ax.axhline(mean, color=colour, ls=":", lw=1.2, label=f"dropout baseline (q={BASELINE_Q:g}){tag}")
-            if std:
-                ax.axhspan(mean - std, mean + std, color=colour, alpha=0.12)
-    ax.set(xlabel="q (Sparseout exponent; 2 = dropout)", ylabel=f"{label}, solid")
-    ax2.set_ylabel("Hoyer sparsity, dashed (0 dense .. 1 one-hot)")
-    n = sorted({r["n"] for r in result.summary})
-    ax.set_title(f"Sweep over q: mean ± std over {'/'.join(map(str, n))} seed(s)")
-    handles = ax.get_legend_handles_labels()
-    handles2 = ax2.get_legend_handles_labels()
-    ax.legend(handles[0] + handles2[0], handles[1] + handles2[1], fontsize=8, loc="best")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
 
 
 def sweep(
@@ -419,6 +306,8 @@ def _summarise(
     result = SweepResult(task, metric, root, runs, aggregate(runs, metric), is_main_process=state.is_main_process)
     if state.is_main_process:
         paths = {k: root / name for k, name in FILES.items()}
+        if not write_site_plot(paths["site_plot"], result):
+            paths.pop("site_plot")
         result.files = {k: str(v) for k, v in paths.items()}
         paths["json"].write_text(
             json.dumps(
@@ -431,6 +320,6 @@ def _summarise(
                 default=str,
             )
         )
-        write_markdown(paths["markdown"], result, args)
+        write_markdown(paths["markdown"], result, _shared_options(args))
         write_plot(paths["plot"], result)
     return result

@@ -1,0 +1,244 @@
+"""Summaries of a sweep: mean ± std per (p, q), per-site Hoyer, time against dropout; the files.
+
+``aggregate`` turns per-run records into per-(p, q) rows; ``write_markdown``, ``write_plot`` and
+``write_site_plot`` write ``sweep.md``, ``sweep.png`` and ``sweep_sites.png`` from a ``SweepResult``
+(see ``sweep.py``). A record is one finished run::
+
+    {"p", "q", "seed", <metric>, "hoyer", "eval_loss", "throughput", "throughput_unit", "sites": {site: hoyer}}
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from hf_sparseout.training.reporting import headline
+
+BASELINE_Q = 2.0
+FILES = {"json": "sweep.json", "markdown": "sweep.md", "plot": "sweep.png", "site_plot": "sweep_sites.png"}
+
+
+def _stats(values: list[float]) -> tuple[float | None, float | None]:
+    mean = statistics.fmean(values) if values else None
+    std = statistics.stdev(values) if len(values) > 1 else None
+    return mean, std
+
+
+def _group_key(kv: tuple[tuple[float | None, float], Any]) -> tuple[bool, float, float]:
+    (p, q), _ = kv
+    return (p is not None, p or 0.0, q)
+
+
+def aggregate(records: Iterable[Mapping[str, Any]], metric: str) -> list[dict[str, Any]]:
+    """Mean and sample standard deviation (n - 1; None for one seed) per (p, q), sorted by p then q.
+
+    Each record needs ``p``, ``q``, ``seed`` and the metric, ``hoyer`` and ``eval_loss`` values (None or
+    a missing key is left out of that statistic); ``throughput`` and ``sites`` (site -> Hoyer) are
+    optional. ``n`` is the number of seeds of the group. ``time_vs_dropout`` is the training time per
+    token (or sample) relative to the q = 2 run of the same p and seed (baseline throughput / throughput;
+    1.25 = 25 % slower than dropout), averaged over the seeds that have both. ``site_hoyer`` maps each
+    site to ``{"mean", "std"}``.
+    """
+    records = list(records)
+    base_throughput = {
+        (r["p"], r["seed"]): r["throughput"] for r in records if r["q"] == BASELINE_Q and r.get("throughput")
+    }
+    groups: dict[tuple[float | None, float], list[Mapping[str, Any]]] = {}
+    for r in records:
+        groups.setdefault((r["p"], r["q"]), []).append(r)
+    rows = []
+    for (p, q), group in sorted(groups.items(), key=_group_key):
+        row: dict[str, Any] = {
+            "p": p,
+            "q": q,
+            "baseline": q == BASELINE_Q,
+            "n": len(group),
+            "seeds": sorted(r["seed"] for r in group),
+        }
+        for key in (metric, "hoyer", "eval_loss", "throughput"):
+            mean, std = _stats([float(r[key]) for r in group if r.get(key) is not None])
+            row[f"{key}_mean"], row[f"{key}_std"] = mean, std
+        units = {r["throughput_unit"] for r in group if r.get("throughput_unit")}
+        row["throughput_unit"] = units.pop() if len(units) == 1 else None
+        ratios = [
+            base_throughput[p, r["seed"]] / r["throughput"]
+            for r in group
+            if r.get("throughput") and (p, r["seed"]) in base_throughput
+        ]
+        row["time_vs_dropout_mean"], row["time_vs_dropout_std"] = _stats(ratios)
+        sites: dict[str, list[float]] = {}
+        for r in group:
+            for site, value in (r.get("sites") or {}).items():
+                if value is not None:
+                    sites.setdefault(site, []).append(float(value))
+        row["site_hoyer"] = {s: dict(zip(("mean", "std"), _stats(v), strict=True)) for s, v in sites.items()}
+        rows.append(row)
+    return rows
+
+
+def format_mean_std(mean: float | None, std: float | None) -> str:
+    """``12.3 ± 0.45`` (just the mean for one seed; empty for no value)."""
+    if mean is None:
+        return ""
+    return f"{mean:.4g}" if std is None else f"{mean:.4g} ± {std:.2g}"
+
+
+def _p_label(p: float | None) -> str:
+    return "model's" if p is None else f"{p:g}"
+
+
+def _site_value(row: Mapping[str, Any], site: str, stat: str) -> float | None:
+    return (row.get("site_hoyer", {}).get(site) or {}).get(stat)
+
+
+def _site_tables(result: Any) -> list[str]:
+    """One table per p: a row per site, a column per q, mean ± std Hoyer over seeds."""
+    lines: list[str] = []
+    for p in dict.fromkeys(r["p"] for r in result.summary):
+        rows = [r for r in result.summary if r["p"] == p]
+        sites = list(dict.fromkeys(s for r in rows for s in r.get("site_hoyer", {})))
+        if not sites:
+            continue
+        qs = [f"q={r['q']:g}" + (" (dropout)" if r["baseline"] else "") for r in rows]
+        lines += ["", f"p = {_p_label(p)}:", "", "| site | " + " | ".join(qs) + " |", "|---" * (len(qs) + 1) + "|"]
+        for s in sites:
+            cells = [format_mean_std(_site_value(r, s, "mean"), _site_value(r, s, "std")) for r in rows]
+            lines.append(f"| `{s}` | " + " | ".join(cells) + " |")
+    return lines
+
+
+def write_markdown(path: Path, result: Any, options: Mapping[str, Any]) -> Path:
+    """``sweep.md``: per-(p, q) table, per-site Hoyer, every run, the plots and the shared options."""
+    m = result.metric
+    with_p = any(r["p"] is not None for r in result.summary)
+    units = {r.get("throughput_unit") for r in result.summary} - {None}
+    unit = units.pop() if len(units) == 1 else "throughput"
+    lines = [
+        f"# hf-sparseout sweep: {result.task}",
+        "",
+        f"Mean ± sample standard deviation over seeds (n seeds per row) of the final eval {m} and of the "
+        "Hoyer sparsity of the activations entering the Sparseout sites (0 dense .. 1 one-hot). "
+        f"q = {BASELINE_Q:g} is plain dropout at the same sites: the dropout baseline. "
+        f"{unit} is training throughput; time vs dropout is the training time per unit relative to the "
+        "q = 2 run of the same p and seed (1.25 = 25 % slower).",
+        "",
+        ("| p " if with_p else "") + f"| q | n | {m} | hoyer | eval_loss | {unit} | time vs dropout |",
+        ("|---" if with_p else "") + "|---|---|---|---|---|---|---|",
+    ]
+    for r in result.summary:
+        q = f"{r['q']:g}" + (" (dropout baseline)" if r["baseline"] else "")
+        cells = ([_p_label(r["p"])] if with_p else []) + [q, str(r["n"])]
+        cells += [format_mean_std(r.get(f"{k}_mean"), r.get(f"{k}_std")) for k in (m, "hoyer", "eval_loss")]
+        thr = r.get("throughput_mean")
+        cells.append("" if thr is None else f"{thr:.0f}")
+        cells.append(format_mean_std(r.get("time_vs_dropout_mean"), r.get("time_vs_dropout_std")))
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", f"![sweep]({FILES['plot']})"]
+    site_lines = _site_tables(result)
+    if site_lines:
+        lines += ["", "## Hoyer sparsity per site", *site_lines, "", f"![per-site Hoyer]({FILES['site_plot']})"]
+    lines += ["", "## Runs", "", f"| run | {m} | hoyer | eval_loss | steps |", "|---|---|---|---|---|"]
+    for r in result.runs:
+        values = [f"{r[k]:.4g}" if isinstance(r.get(k), float) else str(r.get(k)) for k in (m, "hoyer", "eval_loss")]
+        lines.append(f"| [{r['dir']}]({r['dir']}/report.md) | " + " | ".join(values) + f" | {r['steps']} |")
+    lines += ["", "## Options (every run)", "", "```json", json.dumps(dict(options), indent=2, default=str), "```", ""]
+    path.write_text("\n".join(lines))
+    return path
+
+
+def write_plot(path: Path, result: Any) -> Path:
+    """``sweep.png``: the metric (left axis) and Hoyer sparsity (right axis) against q, error bars over seeds.
+
+    One colour per p; the dropout baseline (q = 2) is a horizontal line with a ±1 std band.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    _, label = headline(result.task)
+    m = result.metric
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    ax2 = ax.twinx()
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    ps = list(dict.fromkeys(r["p"] for r in result.summary))
+    for i, p in enumerate(ps):
+        rows = [r for r in result.summary if r["p"] == p]
+        colour = colours[i % len(colours)]
+        tag = "" if len(ps) == 1 and p is None else (" (model's p)" if p is None else f" (p={p:g})")
+        qs = [r["q"] for r in rows]
+
+        def err(k: str, rows: list[dict[str, Any]] = rows) -> list[float]:
+            return [r[f"{k}_std"] or 0.0 for r in rows]
+
+        means = [r[f"{m}_mean"] for r in rows]
+        ax.errorbar(qs, means, yerr=err(m), color=colour, marker="o", capsize=3, label=f"{m}{tag}")
+        hoyer = [r["hoyer_mean"] for r in rows]
+        ax2.errorbar(qs, hoyer, yerr=err("hoyer"), color=colour, marker="s", ls="--", capsize=3, label=f"Hoyer{tag}")
+        base = next((r for r in rows if r["baseline"]), None)
+        if base is not None and base[f"{m}_mean"] is not None:
+            mean, std = base[f"{m}_mean"], base[f"{m}_std"] or 0.0
+            ax.axhline(mean, color=colour, ls=":", lw=1.2, label=f"dropout baseline (q={BASELINE_Q:g}){tag}")
+            if std:
+                ax.axhspan(mean - std, mean + std, color=colour, alpha=0.12)
+    ax.set(xlabel="q (Sparseout exponent; 2 = dropout)", ylabel=f"{label}, solid")
+    ax2.set_ylabel("Hoyer sparsity, dashed (0 dense .. 1 one-hot)")
+    n = sorted({r["n"] for r in result.summary})
+    ax.set_title(f"Sweep over q: mean ± std over {'/'.join(map(str, n))} seed(s)")
+    handles = ax.get_legend_handles_labels()
+    handles2 = ax2.get_legend_handles_labels()
+    ax.legend(handles[0] + handles2[0], handles[1] + handles2[1], fontsize=8, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_site_plot(path: Path, result: Any) -> Path | None:
+    """``sweep_sites.png``: per p, a site x q heat map of mean Hoyer minus the dropout run's (red: sparser).
+
+    Each cell is annotated with the mean Hoyer itself; without a q = 2 run the colour is the Hoyer value.
+    None (nothing written) when the runs recorded no per-site sparsity.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    panels = []
+    for p in dict.fromkeys(r["p"] for r in result.summary):
+        rows = [r for r in result.summary if r["p"] == p]
+        sites = list(dict.fromkeys(s for r in rows for s in r.get("site_hoyer", {})))
+        if sites:
+            panels.append((p, rows, sites))
+    if not panels:
+        return None
+    height = 1.5 + 0.28 * max(len(sites) for _, _, sites in panels)
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels) + 3.0, height), squeeze=False)
+    for ax, (p, rows, sites) in zip(axes[0], panels, strict=True):
+        values = np.array([[_site_value(r, s, "mean") for r in rows] for s in sites], dtype=float)
+        base = next((i for i, r in enumerate(rows) if r["baseline"]), None)
+        colour = values - values[:, [base]] if base is not None else values
+        limit = float(np.nanmax(np.abs(colour))) if np.isfinite(colour).any() else 1.0
+        image = ax.imshow(
+            colour, cmap="RdBu_r" if base is not None else "viridis", aspect="auto",
+            vmin=-limit if base is not None else None, vmax=limit if base is not None else None,
+        )  # fmt: skip
+        for (i, j), v in np.ndenumerate(values):
+            if np.isfinite(v):
+                ax.text(j, i, f"{v:.3f}", ha="center", va="center", fontsize=6.5)
+        ax.set_xticks(range(len(rows)), [f"{r['q']:g}" for r in rows])
+        ax.set_yticks(range(len(sites)), sites, fontsize=7)
+        ax.set_xlabel("q")
+        ax.set_title(f"p = {_p_label(p)}", fontsize=9)
+        cbar = fig.colorbar(image, ax=ax, fraction=0.05)
+        cbar.set_label("Hoyer − dropout run's" if base is not None else "Hoyer", fontsize=8)
+    fig.suptitle("Hoyer sparsity per site (cell: mean over seeds)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
