@@ -94,14 +94,21 @@ def _site_value(row: Mapping[str, Any], site: str, stat: str) -> float | None:
     return (row.get("site_hoyer", {}).get(site) or {}).get(stat)
 
 
-def _site_tables(result: Any) -> list[str]:
-    """One table per p: a row per site, a column per q, mean ± std Hoyer over seeds."""
-    lines: list[str] = []
+def _site_panels(result: Any) -> list[tuple[float | None, list[dict[str, Any]], list[str]]]:
+    """Per p (in summary order) that recorded per-site Hoyer: ``(p, its rows, its sites)``."""
+    panels = []
     for p in dict.fromkeys(r["p"] for r in result.summary):
         rows = [r for r in result.summary if r["p"] == p]
         sites = list(dict.fromkeys(s for r in rows for s in r.get("site_hoyer", {})))
-        if not sites:
-            continue
+        if sites:
+            panels.append((p, rows, sites))
+    return panels
+
+
+def _site_tables(result: Any) -> list[str]:
+    """One table per p: a row per site, a column per q, mean ± std Hoyer over seeds."""
+    lines: list[str] = []
+    for p, rows, sites in _site_panels(result):
         qs = [f"q={r['q']:g}" + (" (dropout)" if r["baseline"] else "") for r in rows]
         lines += ["", f"p = {_p_label(p)}:", "", "| site | " + " | ".join(qs) + " |", "|---" * (len(qs) + 1) + "|"]
         for s in sites:
@@ -209,12 +216,7 @@ def write_site_plot(path: Path, result: Any) -> Path | None:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    panels = []
-    for p in dict.fromkeys(r["p"] for r in result.summary):
-        rows = [r for r in result.summary if r["p"] == p]
-        sites = list(dict.fromkeys(s for r in rows for s in r.get("site_hoyer", {})))
-        if sites:
-            panels.append((p, rows, sites))
+    panels = _site_panels(result)
     if not panels:
         return None
     height = 1.5 + 0.28 * max(len(sites) for _, _, sites in panels)
