@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import threading
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -32,22 +33,34 @@ def fail(err: CliError) -> None:
 T = TypeVar("T")
 
 
-def run_job(job: Callable[[], T], interrupted: str) -> T:
-    """Run a long job: a ``UsageError`` becomes an error + hint (exit 2); Ctrl-C prints ``interrupted`` (exit 130).
+def run_job(job: Callable[[], T], interrupted: str | Callable[[], str]) -> T:
+    """Run a long job: any ``HfSparseoutError`` becomes an error + hint (exit 2); Ctrl-C or SIGTERM prints
+    ``interrupted`` (a string, or a function called then so the message describes what is on disk)
+    and exits 130 (143 for SIGTERM).
 
-    SIGINT is raised as ``KeyboardInterrupt`` while the job runs (whatever handler was installed), so an
-    interrupted checkpoint write is cleaned up by the job itself.
+    SIGINT and SIGTERM are raised as ``KeyboardInterrupt`` while the job runs (whatever handlers were
+    installed), so an interrupted checkpoint or final save is cleaned up by the job itself.
     """
-    from hf_sparseout.training.args import UsageError
+    from hf_sparseout.errors import HfSparseoutError
 
-    previous = signal.getsignal(signal.SIGINT)
+    received: list[int] = []
+
+    def _raise(signum: int, frame: object) -> None:
+        received.append(signum)
+        raise KeyboardInterrupt
+
+    main_thread = threading.current_thread() is threading.main_thread()  # signal handlers live there only
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)} if main_thread else {}
     try:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        for sig in previous:
+            signal.signal(sig, _raise)
         return job()
-    except UsageError as err:
-        fail(CliError(str(err), err.hint))
+    except HfSparseoutError as err:
+        fail(CliError(err.message, err.hint))
     except KeyboardInterrupt:
-        typer.echo(f"Interrupted: {interrupted}", err=True)
-        raise typer.Exit(code=130) from None
+        message = interrupted() if callable(interrupted) else interrupted
+        typer.echo(f"Interrupted: {message}", err=True)
+        raise typer.Exit(code=143 if signal.SIGTERM in received else 130) from None
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -18,6 +18,8 @@ from hf_sparseout_cli.options import (
     GradientMode,
     GradientOpt,
     InsertOpt,
+    LogLevel,
+    LogLevelOpt,
     OutputFormat,
     POpt,
     TargetsOpt,
@@ -194,6 +196,13 @@ def finetune(
     save_steps: Annotated[
         int | None, typer.Option(help="Checkpoint (accelerate save_state) every N steps.", rich_help_panel=TRAIN)
     ] = None,
+    save_minutes: Annotated[
+        float,
+        typer.Option(
+            help="Also checkpoint when this many minutes have passed since the last one (0: only --save-steps).",
+            rich_help_panel=TRAIN,
+        ),
+    ] = 10.0,
     save_total_limit: Annotated[
         int | None, typer.Option(help="Keep only the last N checkpoints.", rich_help_panel=TRAIN)
     ] = 2,
@@ -225,36 +234,46 @@ def finetune(
             "--format", help="Final summary as a table (text) or JSON.", case_sensitive=False, rich_help_panel=OUT
         ),
     ] = OutputFormat.text,
+    log_level: LogLevelOpt = LogLevel.info,
 ) -> None:
     """Fine-tune a model with Sparseout and report perplexity (or accuracy) alongside activation sparsity.
 
-    With no --model and no --dataset it runs offline in about 2 CPU minutes: a small GPT-2 built from
-    a preset, a tokenizer trained on a corpus of Python's own help pages, Sparseout and a dropout
-    baseline at the same sites (--baseline is on by default there), and a table of perplexity and
-    sparsity for both.
+    With no --model and no --dataset it runs offline (1m42s-1m50s measured on 2 idle CPU
+    cores; longer on a busy machine): a small GPT-2 built from a preset, a tokenizer trained on
+    a corpus of Python's own help pages, Sparseout and a dropout baseline at the same sites
+    (--baseline is on by default there), and a table of perplexity and sparsity for both.
 
     Examples:
 
       hf-sparseout finetune
 
-      hf-sparseout finetune --task classification --q 2.5
+      hf-sparseout finetune --task classification --q 2.5 --output-dir runs/cls
 
       hf-sparseout finetune --dataset ./ptb --from-config gpt2-mini --q 1.5 --p 0.1 --baseline --max-steps 500
+      --output-dir runs/ptb
 
       hf-sparseout finetune --model ./minilm --dataset ../shared/data/sst2 --text-column sentence --q 2.5
+      --output-dir runs/sst2
 
       accelerate launch --multi_gpu --num_processes 2 -m hf_sparseout_cli finetune --max-steps 100
+      --output-dir runs/ddp
     """
     params = dict(locals())  # the options, before anything else is bound
+    import sys
+
+    from hf_sparseout import logs
     from hf_sparseout.training.reporting import print_summary
     from hf_sparseout.training.runner import finetune as run_finetune
+    from hf_sparseout.training.runner import interrupted_message
 
     args = args_from_params(params)
-    log = (lambda msg: typer.echo(msg, err=True)) if fmt is OutputFormat.json else typer.echo
+    logs.configure(log_level.value, sys.stderr if fmt is OutputFormat.json else sys.stdout)
     outcome = run_job(
-        lambda: run_finetune(args, log=log),
-        "the last complete checkpoint is intact; continue with --resume-from-checkpoint latest",
+        lambda: run_finetune(args),
+        lambda: interrupted_message(args),
     )
+    if not outcome.is_main_process:  # under accelerate launch the summary is printed once
+        return
     if fmt is OutputFormat.json:
         typer.echo(
             json.dumps(

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from typing import Annotated
 
 import typer
+import typer.rich_utils
 
 from hf_sparseout.version import __version__
 from hf_sparseout_cli.env_cmd import env
@@ -12,6 +15,12 @@ from hf_sparseout_cli.finetune_cmd import finetune
 from hf_sparseout_cli.inspect_cmd import inspect
 from hf_sparseout_cli.push_cmd import push
 from hf_sparseout_cli.sweep_cmd import CONTEXT_SETTINGS, sweep
+
+# Piped output (a log file, CI, `| less`) has no terminal width and rich would cut help and tables at
+# 80 columns ("--resume-from-checkpo…"); print 120 wide there unless COLUMNS / TERMINAL_WIDTH say otherwise.
+WIDE = 120
+if typer.rich_utils.MAX_WIDTH is None and "COLUMNS" not in os.environ and not sys.stdout.isatty():
+    typer.rich_utils.MAX_WIDTH = WIDE
 
 app = typer.Typer(
     name="hf-sparseout",

@@ -36,10 +36,28 @@ class GradientMode(str, Enum):
     exact = "exact"
 
 
+class LogLevel(str, Enum):
+    """Which log lines a command prints (main process only under ``accelerate launch``)."""
+
+    debug = "debug"
+    info = "info"
+    warning = "warning"
+    error = "error"
+
+
 SPARSEOUT = "Sparseout"
 
 FormatOpt = Annotated[
     OutputFormat, typer.Option("--format", help="Output format: human-readable text or JSON.", case_sensitive=False)
+]
+LogLevelOpt = Annotated[
+    LogLevel,
+    typer.Option(
+        "--log-level",
+        help="Progress lines shown (main process only under accelerate launch): debug, info, warning, error.",
+        case_sensitive=False,
+        rich_help_panel="Output",
+    ),
 ]
 POpt = Annotated[
     float | None,

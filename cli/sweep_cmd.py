@@ -159,9 +159,13 @@ def sweep(
         fail(err)
     params.update(output_dir=output_dir, overwrite_output_dir=overwrite_output_dir, baseline=baseline)
     args = args_from_params(params)
-    log = (lambda msg: typer.echo(msg, err=True)) if fmt is OutputFormat.json else typer.echo
+    import sys
+
+    from hf_sparseout import logs
+
+    logs.configure(params["log_level"].value, sys.stderr if fmt is OutputFormat.json else sys.stdout)
     result = run_job(
-        lambda: run_sweep(args, qs, ps, seed_values, log=log),
+        lambda: run_sweep(args, qs, ps, seed_values),
         "finished runs are kept; rerun the same command to resume the sweep",
     )
     if not result.is_main_process:
@@ -175,9 +179,9 @@ def sweep(
 
 
 def _print_summary(result: Any) -> None:
-    from rich.console import Console
     from rich.table import Table
 
+    from hf_sparseout.training.reporting import wide_console
     from hf_sparseout.training.sweep_report import format_mean_std
 
     m = result.metric
@@ -191,4 +195,4 @@ def _print_summary(result: Any) -> None:
         cells += [format_mean_std(r[f"{m}_mean"], r[f"{m}_std"]), format_mean_std(r["hoyer_mean"], r["hoyer_std"])]
         cells.append(format_mean_std(r["time_vs_dropout_mean"], r["time_vs_dropout_std"]))
         table.add_row(*cells)
-    Console().print(table)
+    wide_console().print(table)

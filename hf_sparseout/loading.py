@@ -8,11 +8,9 @@ from typing import Any
 
 from torch import nn
 
+from hf_sparseout.errors import ModelNotAvailableError
+
 TASKS = ("auto", "causal-lm", "classification", "base")
-
-
-class ModelNotAvailableError(OSError):
-    """The model is neither a local directory nor reachable on the Hub."""
 
 
 def hub_offline() -> bool:
@@ -29,6 +27,33 @@ def offline_hint(name: str) -> str:
         f"could not load {name!r}: it is not a local directory and {where}. Pass a local path "
         "(a directory written by save_pretrained), or download it once and set HF_HUB_OFFLINE=1 to use the cache."
     )
+
+
+def check_hub_reachable(name: str, kind: str = "model", timeout: float = 5.0) -> None:
+    """Fail fast for a Hub id that cannot be fetched, instead of huggingface_hub's ~45 s of retries.
+
+    Nothing is checked for local paths, with ``HF_HUB_OFFLINE`` set (the cache is used), or when the
+    repository's ``config.json`` (models) is already cached. Otherwise one metadata request with a short
+    timeout: no connection raises :class:`ModelNotAvailableError` with the offline hint; any answer from
+    the Hub (even "not found", which the loaders report in their own words) lets loading go on.
+    """
+    if Path(name).expanduser().exists() or hub_offline() or name.startswith((".", "/", "~")):
+        return
+    import huggingface_hub
+
+    if kind == "model" and isinstance(huggingface_hub.try_to_load_from_cache(name, "config.json"), str):
+        return
+    info = huggingface_hub.model_info if kind == "model" else huggingface_hub.dataset_info
+    try:
+        info(name, timeout=timeout)
+    except Exception as err:
+        if _is_connection_error(err):
+            raise ModelNotAvailableError(offline_hint(name)) from err
+
+
+def _is_connection_error(err: BaseException) -> bool:
+    names = {type(e).__name__ for e in (err, err.__cause__, err.__context__) if e is not None}
+    return any(("Connect" in n or "Timeout" in n or n == "gaierror") for n in names)
 
 
 def resolve_task(config: Any, task: str) -> str:
@@ -57,6 +82,7 @@ def load_model(
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
 
     name = str(name_or_path)
+    check_hub_reachable(name)
     if Path(name).suffix in (".json",) or (Path(name).exists() and not Path(name).is_dir()):
         raise ModelNotAvailableError(f"{name!r} is a file: pass the model's directory (the one holding config.json)")
     if Path(name).is_dir() and not (Path(name) / "config.json").is_file():

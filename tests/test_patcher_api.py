@@ -204,7 +204,7 @@ def test_unpatch_restores_gradient_checkpointing_function():
     inputs = {**batch(model), "use_cache": False}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     layer = model.model.decoder.layers[0]
     original = layer._gradient_checkpointing_func
     hf_sparseout.patch(model, SparseoutConfig(q=1.5), example_inputs=inputs)

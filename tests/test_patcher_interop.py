@@ -71,7 +71,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(arch, head):
         return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
     plain = grads()
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     checkpointed = grads()
     assert plain.keys() == checkpointed.keys() and plain
     for name in plain:

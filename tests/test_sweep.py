@@ -152,7 +152,10 @@ def test_pass_through_options_map_like_finetune():
     """sweep parses finetune's options with finetune's parser and finetune's mapping."""
     import inspect
 
-    assert set(inspect.signature(finetune).parameters) == {f for f in FinetuneArgs.__dataclass_fields__} | {"fmt"}
+    assert set(inspect.signature(finetune).parameters) == {f for f in FinetuneArgs.__dataclass_fields__} | {
+        "fmt",
+        "log_level",
+    }
     assert args_from_params(parse_finetune_options([])) == FinetuneArgs()
     args = args_from_params(
         parse_finetune_options(

@@ -230,8 +230,9 @@ def _context(directory: Path, repo_id: str | None) -> tuple[dict[str, Any], dict
     }
     how = "adapted" if is_adapter else "trained"
     if run is not None:
-        how = {"causal-lm": "fine-tuned as a causal language model", "classification": "fine-tuned for classification"}
-        how = how.get(task, "fine-tuned")
+        verb = "trained from scratch (random initialisation)" if run.get("from_scratch") else "fine-tuned"
+        how = {"causal-lm": f"{verb} as a causal language model", "classification": f"{verb} for classification"}
+        how = how.get(task, verb)
     variables = {
         "title": title,
         "base_model_id": base_model,

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hf_sparseout.errors import PushError
 from hf_sparseout.hub.card import CARD_FILE, is_generated_card, render_model_card
 from hf_sparseout.hub.save_load import CheckpointError, read_checkpoint_config
 from hf_sparseout.version import __version__
@@ -29,15 +30,6 @@ DEFAULT_IGNORE_PATTERNS = [
     "__pycache__/*",
 ]
 """Files of a checkpoint directory never uploaded (fnmatch patterns on the relative path)."""
-
-
-class PushError(Exception):
-    """A push that cannot go ahead: ``message`` says what is wrong, ``hint`` what to do."""
-
-    def __init__(self, message: str, hint: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.hint = hint
 
 
 class InvalidRepoIdError(PushError):

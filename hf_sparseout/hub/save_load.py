@@ -15,12 +15,14 @@ import os
 import re
 import secrets
 import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
+from hf_sparseout.errors import CheckpointError, OutputDirError
 from hf_sparseout.loading import load_model
 from hf_sparseout.patcher.config import SparseoutConfig
 from hf_sparseout.patcher.model import CONFIG_KEY, get_report, is_patched, patch, replaced_config_values
@@ -36,10 +38,6 @@ _WEIGHT_FILE = re.compile(
     r"(\.index\.json)?$"
 )
 """Weight files (and shard indexes) of a save_pretrained layout: stale ones are removed on a new save."""
-
-
-class CheckpointError(ValueError):
-    """A directory is not a patched checkpoint, or its Sparseout configuration is corrupted."""
 
 
 def is_peft_model(model: nn.Module) -> bool:
@@ -176,6 +174,67 @@ def _move_into(staged: Path, target: Path) -> None:
         os.replace(staged / name, dest)
 
 
+_STAGING = re.compile(r"^\.(?P<name>.+)\.saving-(?P<pid>\d+)-[0-9a-f]+$")
+
+
+def _staging_parent(out: Path) -> Path:
+    """Where a save of ``out`` is staged: beside it, or inside it when only the directory is writable."""
+    return out.parent if os.access(out.parent, os.W_OK) or not out.is_dir() else out
+
+
+def check_writable(output_dir: str | Path) -> Path:
+    """Check, creating nothing, that :func:`save_pretrained` can write ``output_dir``.
+
+    An existing directory (and its parent, where a save is staged, unless only the directory itself is
+    writable) must take a file; a missing one needs a writable nearest existing ancestor. Raises
+    :class:`OutputDirError` (a ``ValueError``) with a hint, before any work that a failed save would
+    lose. Returns the directory with symlinks resolved.
+    """
+    out = Path(output_dir).expanduser().resolve()
+    existing = out
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    try:
+        if not existing.is_dir():
+            raise NotADirectoryError(20, "not a directory", str(existing))
+        for where in {existing, _staging_parent(out)} if existing == out else {existing}:
+            with tempfile.TemporaryFile(dir=where):
+                pass
+    except OSError as err:
+        raise OutputDirError(
+            f"cannot write to the output directory {str(out)!r}: {err.strerror or err}",
+            "choose a writable --output-dir (check its permissions and free space)",
+        ) from err
+    return out
+
+
+def remove_stale_staging(output_dir: str | Path) -> list[Path]:
+    """Remove staging directories of ``output_dir`` left by a killed save (their process is gone)."""
+    out = Path(output_dir).expanduser().resolve()
+    removed = []
+    for where in {out.parent, out} if out.is_dir() else {out.parent}:
+        if not where.is_dir():
+            continue
+        for entry in where.iterdir():
+            m = _STAGING.match(entry.name)
+            if m and entry.is_dir() and m["name"] == out.name and not _pid_alive(int(m["pid"])):
+                shutil.rmtree(entry, ignore_errors=True)
+                removed.append(entry)
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # this process is not saving while it checks
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def save_pretrained(
     model: nn.Module,
     output_dir: str | Path,
@@ -198,11 +257,11 @@ def save_pretrained(
     model's ``save_pretrained`` (e.g. ``save_function=accelerator.save``); with
     ``is_main_process=False`` nothing is written (call it on every process, as accelerate does).
     """
-    out = Path(output_dir)
+    out = Path(output_dir).expanduser().resolve()  # a symlinked directory: save into its target
     if not is_main_process:
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
-    staged = out.parent / f".{out.name}.saving-{os.getpid()}-{secrets.token_hex(4)}"
+    staged = _staging_parent(out) / f".{out.name}.saving-{os.getpid()}-{secrets.token_hex(4)}"
     try:
         with original_config_values(model):
             model.save_pretrained(staged, **save_kwargs)
@@ -213,7 +272,7 @@ def save_pretrained(
             (staged / "README.md").unlink(missing_ok=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(staged)
-        if out.is_dir() and any(out.iterdir()):
+        if out.is_dir() and any(e != staged for e in out.iterdir()):
             _move_into(staged, out)
         else:
             if out.is_dir():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -64,6 +65,11 @@ class SparseoutConfig:
                 setattr(self, name, list(value))
             elif value is not None and not (isinstance(value, str) and value):
                 raise ValueError(f"{name} must be a list of names or a regex string, got {value!r}")
+            elif isinstance(value, str):
+                try:
+                    re.compile(value)
+                except re.error as err:
+                    raise ValueError(f"{name} is not a valid regular expression ({err}): {value!r}") from err
         if not isinstance(self.overrides, dict):
             raise ValueError(f"overrides must be a dict of pattern -> {{'p': ..., 'q': ...}}, got {self.overrides!r}")
         for pattern, values in self.overrides.items():

@@ -7,17 +7,13 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from hf_sparseout.errors import UsageError
+
+__all__ = ["PRECISIONS", "SCHEDULERS", "TASKS", "FinetuneArgs", "UsageError"]
+
 TASKS = ("causal-lm", "classification")
 SCHEDULERS = ("linear", "cosine", "constant")
 PRECISIONS = ("no", "fp16", "bf16")
-
-
-class UsageError(ValueError):
-    """Bad input from the user: the message says what is wrong, ``hint`` what to do."""
-
-    def __init__(self, message: str, hint: str | None = None) -> None:
-        super().__init__(message)
-        self.hint = hint
 
 
 @dataclass
@@ -66,6 +62,7 @@ class FinetuneArgs:
     seed: int = 42
     eval_steps: int | None = None
     save_steps: int | None = None
+    save_minutes: float = 10.0
     save_total_limit: int | None = 2
     output_dir: str = "hf-sparseout-run"
     overwrite_output_dir: bool = False
@@ -96,6 +93,8 @@ class FinetuneArgs:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+        if not (self.save_minutes >= 0 and math.isfinite(self.save_minutes)):
+            raise UsageError(f"--save-minutes must be >= 0 (0: only --save-steps), got {self.save_minutes}")
         if self.max_steps is not None and self.max_steps < 0:
             raise UsageError(f"--max-steps must be >= 0 (0 evaluates only), got {self.max_steps}")
         if self.epochs is not None and not (self.epochs > 0 and math.isfinite(self.epochs)):

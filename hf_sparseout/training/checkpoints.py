@@ -88,3 +88,34 @@ def read_state(path: Path) -> dict[str, Any]:
     if not any(path.glob("model*.safetensors")) and not any(path.glob("pytorch_model*.bin")):
         raise UsageError(f"checkpoint {str(path)!r} has no model weights", "resume from another checkpoint")
     return state
+
+
+def load_checkpoint(accelerator: Any, path: Path, signature: dict[str, Any]) -> dict[str, Any]:
+    """Restore ``path`` into the prepared objects and return its state; ``UsageError`` with a hint naming an
+    older checkpoint when a file is truncated or corrupt, or when the checkpoint belongs to another model.
+
+    accelerate's ``load_state`` only logs "Could not load random states" for a broken RNG file and would
+    resume with other masks and data order, so every process checks its own RNG file first.
+    """
+    import torch
+
+    state = read_state(path)
+    older = [str(p) for p in list_checkpoints(path.parent) if p != path]
+    hint = f"resume from an older checkpoint ({older[-1]})" if older else "start again with --overwrite-output-dir"
+    stored = state.get("signature")
+    if stored is not None and stored != signature:
+        raise UsageError(
+            f"checkpoint {str(path)!r} was written by another model or setup ({stored}; this run: {signature})",
+            "resume with the options the checkpoint was trained with, or start again with --overwrite-output-dir",
+        )
+    rng = path / f"random_states_{accelerator.process_index}.pkl"
+    try:
+        torch.load(rng, weights_only=False)["torch_manual_seed"]
+        accelerator.load_state(str(path))
+    except Exception as err:  # truncated pickle/safetensors, shape mismatch, missing file, ...
+        first = str(err).strip().splitlines()[0][:300] if str(err).strip() else ""
+        raise UsageError(
+            f"checkpoint {str(path)!r} cannot be loaded ({type(err).__name__}: {first})",
+            hint + "; a checkpoint of another model cannot be resumed",
+        ) from err
+    return state

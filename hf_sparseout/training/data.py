@@ -10,7 +10,7 @@ from typing import Any
 
 from datasets import ClassLabel, Dataset, DatasetDict
 
-from hf_sparseout.loading import hub_offline
+from hf_sparseout.loading import check_hub_reachable, hub_offline
 from hf_sparseout.training.args import FinetuneArgs, UsageError
 
 # extension -> (datasets builder, extra load_dataset kwargs)
@@ -93,14 +93,16 @@ def load_raw(args: FinetuneArgs, task: str) -> tuple[DatasetDict, str, tuple[str
         if not path.exists():
             raise UsageError(f"no such file or directory: {args.dataset!r}", "check the path given to --dataset")
         builder, kwargs, data_files = _local_files(path)
+        empty = [f for files in data_files.values() for f in files if Path(f).stat().st_size == 0]
+        if empty:
+            raise UsageError(f"data file {empty[0]!r} is empty", "remove it, or point --dataset at the files with data")
         try:
             raw = load_dataset(builder, data_files=data_files, **kwargs)
         except Exception as err:  # datasets raises many types for unreadable files
-            if "corresponds to no data" in str(err):
-                raise UsageError(f"the dataset {args.dataset!r} is empty: it has no rows") from err
-            raise UsageError(f"could not read {args.dataset!r} as {builder}: {err}") from err
+            raise _unreadable(args.dataset, builder, err) from err
         return raw, f"local {builder} files: {path.name}", ()
     try:
+        check_hub_reachable(args.dataset, kind="dataset")
         raw = load_dataset(args.dataset, args.dataset_config)
     except Exception as err:  # ConnectionError, DatasetNotFoundError, FileNotFoundError, ...
         offline = hub_offline()
@@ -114,6 +116,24 @@ def load_raw(args: FinetuneArgs, task: str) -> tuple[DatasetDict, str, tuple[str
     if not isinstance(raw, DatasetDict):
         raw = DatasetDict({"train": raw})
     return raw, f"Hub dataset {args.dataset}", (args.dataset,)
+
+
+def _unreadable(dataset: str, builder: str, err: Exception) -> UsageError:
+    """The root cause of a ``load_dataset`` failure (datasets wraps it in "An error occurred while ...")."""
+    cause: BaseException = err
+    while cause.__cause__ is not None or cause.__context__ is not None:
+        cause = cause.__cause__ or cause.__context__  # type: ignore[assignment]
+    if "corresponds to no data" in str(err) or type(cause).__name__ == "EmptyDataError":
+        return UsageError(f"the dataset {dataset!r} is empty: it has no rows", "check the files given to --dataset")
+    if isinstance(cause, UnicodeDecodeError):
+        return UsageError(
+            f"could not read {dataset!r}: it is not UTF-8 text ({cause.reason} at byte {cause.start})",
+            "convert the file to UTF-8 (e.g. iconv -f latin1 -t utf-8)",
+        )
+    return UsageError(
+        f"could not read {dataset!r} as {builder}: {type(cause).__name__}: {str(cause)[:300]}",
+        f"check that the files are valid {builder} ({', '.join(BUILDERS)})",
+    )
 
 
 def pick_splits(raw: DatasetDict, args: FinetuneArgs) -> tuple[Dataset, Dataset]:
@@ -169,12 +189,27 @@ def infer_task(raw: DatasetDict, args: FinetuneArgs) -> str:
 def text_column(dataset: Dataset, args: FinetuneArgs) -> str:
     """``--text-column`` (checked), else a conventional name, else the first string column."""
     column = _column(dataset, args.text_column, TEXT_COLUMNS, "text", "--text-column")
+    strings = _string_columns(dataset)
     if column is None:
-        strings = _string_columns(dataset)
         if not strings:
             raise UsageError("no text column found", f"pass --text-column; columns: {', '.join(dataset.column_names)}")
         column = strings[0]
+    if column not in strings:
+        dtype = getattr(dataset.features[column], "dtype", type(dataset.features[column]).__name__)
+        raise UsageError(
+            f"text column {column!r} holds {dtype} values, not text",
+            f"pass --text-column with one of the text columns: {', '.join(strings) or '(none)'}",
+        )
     return column
+
+
+def _check_no_empty_text(split: Dataset, column: str, name: str) -> None:
+    empty = [i for i, t in enumerate(split[column]) if t is None or not str(t).strip()]
+    if empty:
+        raise UsageError(
+            f"{len(empty)} row(s) of the {name} split have an empty {column!r} (first: row {empty[0]})",
+            "drop or fill the empty rows; classification needs a text for every label",
+        )
 
 
 def prepare(args: FinetuneArgs, tokenizer: Any, task: str, train: Dataset, evaluation: Dataset) -> PreparedData:
@@ -224,6 +259,9 @@ def _prepare_classification(args, tokenizer, train, evaluation, text_col) -> Pre
     pair_col = _column(
         train, args.text_pair_column, (PAIR_COLUMNS.get(text_col, ""),), "text pair", "--text-pair-column"
     )
+    for split, name in ((train, "train"), (evaluation, "eval")):
+        for column in (text_col, pair_col) if pair_col else (text_col,):
+            _check_no_empty_text(split, column, name)
     feature = train.features[label_col]
     if isinstance(feature, ClassLabel):
         names = list(feature.names)
@@ -232,6 +270,13 @@ def _prepare_classification(args, tokenizer, train, evaluation, text_col) -> Pre
         values = sorted({*train.unique(label_col), *evaluation.unique(label_col)}, key=str)
         if any(v is None for v in values):
             raise UsageError(f"label column {label_col!r} has missing values", "drop unlabelled rows first")
+        continuous = [v for v in values if isinstance(v, float) and not float(v).is_integer()]
+        if continuous:
+            raise UsageError(
+                f"label column {label_col!r} holds continuous values (e.g. {continuous[0]!r}, "
+                f"{len(values)} distinct): that is regression, which finetune does not do",
+                "classification needs integer or string class labels; bin the values into classes first",
+            )
         names = [str(v) for v in values]
         to_id = {v: i for i, v in enumerate(values)}
     if len(names) < 2:

@@ -73,7 +73,10 @@ def _evaluate(
     nll_sum = torch.zeros((), dtype=torch.float64)
     token_count = torch.zeros((), dtype=torch.float64)
     predictions, references = [], []
-    for batch in dataloader:
+    from tqdm.auto import tqdm
+
+    bar = tqdm(dataloader, desc="eval", leave=False, disable=not accelerator.is_local_main_process)
+    for batch in bar:
         if monitor is not None:
             monitor.set_attention_mask(_duplicate_free_mask(batch, accelerator))
         outputs = model(**{k: v for k, v in batch.items() if k != "labels"})

@@ -16,10 +16,14 @@ import torch
 from torch.utils.data import DataLoader
 
 import hf_sparseout
+from hf_sparseout.logs import get_logger
 from hf_sparseout.training import checkpoints
 from hf_sparseout.training.args import FinetuneArgs, UsageError
 from hf_sparseout.training.evaluation import evaluate
+from hf_sparseout.training.modeling import check_input_length, enable_checkpointing
 from hf_sparseout.training.sparsity import make_monitor, summarize
+
+logger = get_logger(__name__)
 
 
 @dataclass
@@ -31,6 +35,7 @@ class RunResult:
     report: Any
     evals: list[dict[str, Any]] = field(default_factory=list)
     train_loss: list[tuple[int, float]] = field(default_factory=list)
+    learning_rate: list[tuple[int, float]] = field(default_factory=list)
     sparsity: dict[str, Any] = field(default_factory=dict)
     global_step: int = 0
     train_seconds: float = 0.0
@@ -68,6 +73,32 @@ def _optimizer(model: torch.nn.Module, args: FinetuneArgs) -> torch.optim.Optimi
     return torch.optim.AdamW(groups, lr=args.learning_rate)
 
 
+def _checkpoint_due(args: FinetuneArgs, step: int, last_save: float, accelerator: Any) -> bool:
+    """Every ``--save-steps`` steps, and when ``--save-minutes`` have passed since the last checkpoint.
+
+    The time rule is decided by the main process and shared, so every process saves at the same step.
+    """
+    if args.save_steps and step % args.save_steps == 0:
+        return True
+    if not args.save_minutes:
+        return False
+    due = time.monotonic() - last_save >= 60.0 * args.save_minutes
+    if accelerator.num_processes > 1:
+        flag = torch.tensor(float(due and accelerator.is_main_process), device=accelerator.device)
+        due = bool(accelerator.reduce(flag, reduction="sum").item() > 0)
+    return due
+
+
+def _signature(args: FinetuneArgs, model: torch.nn.Module, name: str, q: float) -> dict[str, Any]:
+    """What a checkpoint must match to be resumed by this run: the model and its size, the run, q."""
+    return {
+        "model": args.model or args.from_config or "offline default",
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "run": name,
+        "q": q,
+    }
+
+
 def run(
     name: str,
     q: float,
@@ -79,7 +110,6 @@ def run(
     collate: Any,
     task: str,
     num_labels: int | None,
-    log: Any,
 ) -> RunResult:
     """Train one model (``name`` = ``sparseout`` or ``baseline``) and evaluate it along the way."""
     from accelerate.utils import set_seed
@@ -90,8 +120,9 @@ def run(
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     model = make_model()
+    check_input_length(model, args, task)
     if args.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_checkpointing(model)
     try:
         report = hf_sparseout.patch(model, sparseout_config(args, q))
     except ValueError as err:  # a pattern that matches nothing in this model, nothing to patch, ...
@@ -102,21 +133,29 @@ def run(
     optimizer = _optimizer(model, args)
     per_epoch = max(1, math.ceil(len(train_dl) / max(1, accelerator.num_processes) / args.gradient_accumulation_steps))
     total = args.max_steps if args.max_steps is not None else max(1, math.ceil(args.epochs * per_epoch))
+    # accelerate's prepared scheduler steps once per process for every optimizer step (it assumes a
+    # schedule sized for one process seeing N times the batches), so size it in process-steps: the
+    # learning rate at optimizer step k is then the same for any number of processes.
+    n = accelerator.num_processes
     scheduler = get_scheduler(
-        args.lr_scheduler, optimizer, num_warmup_steps=int(args.warmup_ratio * total), num_training_steps=max(total, 1)
+        args.lr_scheduler,
+        optimizer,
+        num_warmup_steps=int(args.warmup_ratio * total) * n,
+        num_training_steps=max(total, 1) * n,
     )
     model, optimizer, train_dl, eval_dl, scheduler = accelerator.prepare(model, optimizer, train_dl, eval_dl, scheduler)
     result = RunResult(name, q, report, model=model)
+    signature = _signature(args, model, name, q)
     ckpt_dir = checkpoints.run_dir(args.output_dir, name)
     epoch = batch_in_epoch = 0
     if args.resume_from_checkpoint:
         path = checkpoints.resolve_resume(args.resume_from_checkpoint, ckpt_dir)
         if path is not None:
-            accelerator.load_state(str(path))
-            state = checkpoints.read_state(path)
+            state = checkpoints.load_checkpoint(accelerator, path, signature)
             result.global_step, epoch, batch_in_epoch = state["global_step"], state["epoch"], state["batch_in_epoch"]
             result.evals, result.train_loss = state.get("evals", []), [tuple(x) for x in state.get("train_loss", [])]
-            log(f"[{name}] resumed from {path} at step {result.global_step}")
+            result.learning_rate = [tuple(x) for x in state.get("learning_rate", [])]
+            logger.info(f"[{name}] resumed from {path} at step {result.global_step}")
 
     def do_eval() -> None:
         monitor = make_monitor(accelerator.unwrap_model(model))
@@ -126,7 +165,7 @@ def run(
         result.sparsity = sparsity
         result.evals.append({"step": result.global_step, **metrics})
         shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float))
-        log(f"[{name}] eval @ step {result.global_step}: {shown}")
+        logger.info(f"[{name}] eval @ step {result.global_step}: {shown}")
         accelerator.log({f"{name}/{k}": v for k, v in metrics.items()}, step=result.global_step)
         model.train()
 
@@ -134,6 +173,7 @@ def run(
         total=total, initial=result.global_step, desc=f"{name} (q={q:g})", disable=not accelerator.is_local_main_process
     )
     start, seen_units = time.perf_counter(), 0
+    last_save = time.monotonic()
     eval_every = args.eval_steps or (max(1, math.ceil(total / 4)) if args.offline_default else None)
     model.train()
     running = torch.zeros(())
@@ -144,8 +184,10 @@ def run(
             with accelerator.accumulate(model):
                 loss = model(**batch).loss
                 accelerator.backward(loss)
-                if accelerator.sync_gradients and args.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                if accelerator.sync_gradients:
+                    step_lr = scheduler.get_last_lr()[0]  # the rate this optimizer step uses
+                    if args.max_grad_norm > 0:
+                        accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad()
@@ -157,11 +199,14 @@ def run(
             if not accelerator.sync_gradients:
                 continue
             result.global_step += 1
+            if accelerator.num_processes > 1:  # the mean over every process's batch, as one process would see it
+                running = accelerator.reduce(running, reduction="mean")
             avg = running.item()  # one sync per optimizer step, for the log and the progress bar
             running = torch.zeros((), device=loss.device)
             result.train_loss.append((result.global_step, avg))
+            lr = step_lr
+            result.learning_rate.append((result.global_step, lr))
             rate = seen_units / max(time.perf_counter() - start, 1e-9)
-            lr = scheduler.get_last_lr()[0]
             bar.set_postfix(
                 loss=f"{avg:.3f}", lr=f"{lr:.2e}", **{"tok/s" if task == "causal-lm" else "samples/s": f"{rate:.0f}"}
             )
@@ -169,13 +214,16 @@ def run(
             accelerator.log({f"{name}/train_loss": avg, f"{name}/lr": lr}, step=result.global_step)
             if eval_every and result.global_step % eval_every == 0 and result.global_step < total:
                 do_eval()
-            if args.save_steps and result.global_step % args.save_steps == 0:
+            if _checkpoint_due(args, result.global_step, last_save, accelerator):
+                last_save = time.monotonic()
                 state = {
                     "global_step": result.global_step,
                     "epoch": epoch,
                     "batch_in_epoch": batch_in_epoch,
                     "evals": result.evals,
                     "train_loss": result.train_loss,
+                    "learning_rate": result.learning_rate,
+                    "signature": signature,
                 }
                 checkpoints.save_checkpoint(accelerator, ckpt_dir, state, args.save_total_limit)
             if result.global_step >= total:

@@ -93,16 +93,23 @@ def default_model(args: FinetuneArgs, task: str) -> tuple[str | None, str | None
     return None, "gpt2-tiny" if task == "causal-lm" else "bert-tiny"
 
 
-def load_tokenizer(name: str) -> Any:
-    """``AutoTokenizer.from_pretrained`` with an offline-aware error; pad token set for causal LMs."""
+def load_tokenizer(name: str, option: str = "--tokenizer") -> Any:
+    """``AutoTokenizer.from_pretrained`` with an offline-aware error naming the ``option`` that gave
+    ``name``; pad token set for causal LMs."""
     from transformers import AutoTokenizer
 
+    from hf_sparseout.loading import ModelNotAvailableError, check_hub_reachable
+
+    hint = (
+        "pass a local directory to --model, or set HF_HUB_OFFLINE=1 with a cached model"
+        if option == "--model"
+        else "pass a local tokenizer directory to --tokenizer; with --from-config, omit --tokenizer to train one"
+    )
     try:
+        check_hub_reachable(name)
         tokenizer = AutoTokenizer.from_pretrained(name)
-    except OSError as err:
-        raise UsageError(
-            f"no tokenizer: {offline_hint(name)}", "with --from-config, omit --tokenizer to train one on the data"
-        ) from err
+    except (OSError, ModelNotAvailableError) as err:
+        raise UsageError(f"no tokenizer for {option} {name!r}: {offline_hint(name)}", hint) from err
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     return tokenizer
@@ -152,6 +159,8 @@ def build_model(
             raise UsageError(
                 str(err), "pass a local directory to --model, or set HF_HUB_OFFLINE=1 with a cached model"
             ) from err
+        except ValueError as err:  # "Unrecognized configuration class ... for AutoModelFor..."
+            raise _no_head(model_name, task, err) from err
     else:
         config = _config_from(from_config)
         config.vocab_size = len(tokenizer)
@@ -160,9 +169,56 @@ def build_model(
         for key, value in head.items():
             setattr(config, key, value)
         cls = AutoModelForCausalLM if task == "causal-lm" else AutoModelForSequenceClassification
-        model = cls.from_config(config)
+        try:
+            model = cls.from_config(config)
+        except ValueError as err:
+            raise _no_head(str(from_config), task, err) from err
     if getattr(model.config, "pad_token_id", None) is None and tokenizer.pad_token_id is not None:
         model.config.pad_token_id = tokenizer.pad_token_id
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
         model.resize_token_embeddings(len(tokenizer))
     return model
+
+
+def _no_head(name: str, task: str, err: Exception) -> UsageError:
+    other = "causal-lm" if task == "classification" else "classification"
+    head = "sequence-classification" if task == "classification" else "causal-LM"
+    return UsageError(
+        f"{name!r} has no {head} head in transformers ({str(err).splitlines()[0][:160]})",
+        f"use a model type with that head, or --task {other}",
+    )
+
+
+POSITION_KEYS = ("max_position_embeddings", "n_positions", "n_ctx", "max_seq_len", "seq_length")
+
+
+def check_input_length(model: nn.Module, args: Any, task: str) -> None:
+    """``UsageError`` before training when ``--block-size`` / ``--max-length`` exceeds the model's positions."""
+    length, option = (args.block_size, "--block-size") if task == "causal-lm" else (args.max_length, "--max-length")
+    config = model.config
+    limit = next((getattr(config, k) for k in POSITION_KEYS if isinstance(getattr(config, k, None), int)), None)
+    tables = [
+        n
+        for n, m in model.named_modules()
+        if isinstance(m, nn.Embedding) and ("pos" in n.rsplit(".", 1)[-1] or n.endswith("wpe"))
+    ]
+    if not tables:
+        return  # rotary / relative positions: no table to index past its end
+    if limit is not None and length > limit:
+        raise UsageError(
+            f"{option} {length} is longer than the model's {limit} positions ({type(model).__name__})",
+            f"use {option} {limit} or less",
+        )
+
+
+def enable_checkpointing(model: nn.Module) -> None:
+    """Activation (gradient) checkpointing, non-reentrant, through transformers' current API.
+
+    transformers 5.x renamed ``gradient_checkpointing_enable`` to ``activation_checkpointing_enable``
+    (the old name warns); the old one is used only where the new one does not exist yet.
+    """
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)

@@ -37,12 +37,19 @@ def summary_rows(results: list[RunResult], task: str) -> list[dict[str, Any]]:
                 "eval_loss": final.get("eval_loss"),
                 "hoyer": final.get("hoyer"),
                 "sites": len(r.report.sparseout_sites),
+                "measured": len(r.sparsity.get("sites", {})),
                 "steps": r.global_step,
                 r.throughput_unit: int(r.throughput),
                 "peak_memory_mb": r.peak_memory_mb,
             }
         )
     return rows
+
+
+def unmeasured_sites(result: RunResult) -> list[str]:
+    """Sparseout sites of ``result`` that the eval pass never reached (attention probabilities)."""
+    measured = set(result.sparsity.get("sites", {}))
+    return [s.name for s in result.report.sparseout_sites if s.name not in measured]
 
 
 def write_metrics(
@@ -60,7 +67,9 @@ def write_metrics(
                 "q": r.q,
                 "evals": r.evals,
                 "train_loss": r.train_loss,
+                "learning_rate": r.learning_rate,
                 "sparsity": r.sparsity,
+                "sites_not_measured": unmeasured_sites(r),
                 "sites": [s.__dict__ for s in r.report.sites],
                 "train_seconds": r.train_seconds,
                 "throughput": r.throughput,
@@ -131,12 +140,21 @@ def write_report(out: Path, args: FinetuneArgs, results: list[RunResult], task: 
     lines += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(cell(r.get(c)) for c in columns) + " |" for r in rows]
     sites = list(results[0].sparsity.get("sites", {}))
-    if sites:
+    unmeasured = unmeasured_sites(results[0])
+    if sites or unmeasured:
         lines += ["", "## Hoyer sparsity per site (eval, pre-noise activations)", ""]
         lines += ["| site | " + " | ".join(r.name for r in results) + " |", "|---|" + "---|" * len(results)]
         for s in sites:
             values = [cell(r.sparsity.get("sites", {}).get(s, {}).get("hoyer")) for r in results]
             lines.append(f"| {s} | " + " | ".join(values) + " |")
+        for s in unmeasured:
+            lines.append(f"| {s} | " + " | ".join("not measured" for _ in results) + " |")
+        if unmeasured:
+            lines += [
+                "",
+                f"{len(unmeasured)} of {len(sites) + len(unmeasured)} Sparseout sites are attention probabilities: "
+                "models pass dropout 0 to attention in eval, so an eval pass never reaches them (not measured).",
+            ]
     lines += ["", *(f"![{name}]({file})" for name, file in PLOTS.items()), ""]
     lines += ["## Options", "", "```json", args.to_json(), "```", ""]
     path = out / "report.md"
@@ -145,7 +163,12 @@ def write_report(out: Path, args: FinetuneArgs, results: list[RunResult], task: 
 
 
 def write_run_file(
-    out: Path, args: FinetuneArgs, results: list[RunResult], task: str, datasets: tuple[str, ...]
+    out: Path,
+    args: FinetuneArgs,
+    results: list[RunResult],
+    task: str,
+    datasets: tuple[str, ...],
+    from_scratch: bool = False,
 ) -> Path:
     """``hf_sparseout_run.json``: what the model card is generated from (no local paths)."""
     model = args.model if args.model and not Path(args.model).expanduser().exists() else None
@@ -157,6 +180,7 @@ def write_run_file(
     data = {
         "task": task,
         "base_model": model,
+        "from_scratch": from_scratch,
         "datasets": list(datasets),
         "license": None,
         "sparseout": main.report.config,
@@ -185,14 +209,26 @@ def write_run_file(
 
 def print_summary(results: list[RunResult], task: str) -> None:
     """The final comparison as a rich table on stdout."""
-    from rich.console import Console
     from rich.table import Table
 
     rows = summary_rows(results, task)
     columns = [c for c in rows[0] if any(r.get(c) is not None for r in rows)]
+    console = wide_console()
     table = Table(title=f"hf-sparseout finetune ({task})")
     for c in columns:
         table.add_column(c, justify="left" if c == "run" else "right")
     for r in rows:
         table.add_row(*(f"{r[c]:.4g}" if isinstance(r.get(c), float) else str(r.get(c, "")) for c in columns))
-    Console().print(table)
+    console.print(table)
+
+
+def wide_console() -> Any:
+    """A rich console for tables: the terminal's width, or 120 columns when output is piped (not 80)."""
+    import os
+
+    from rich.console import Console
+
+    console = Console()
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console = Console(width=120)
+    return console

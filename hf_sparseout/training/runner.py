@@ -8,11 +8,14 @@ from pathlib import Path
 from typing import Any
 
 from hf_sparseout.hub import write_model_card
+from hf_sparseout.logs import get_logger
 from hf_sparseout.training import checkpoints, reporting
 from hf_sparseout.training.args import FinetuneArgs, UsageError
 from hf_sparseout.training.data import infer_task, load_raw, pick_splits, prepare, text_column
 from hf_sparseout.training.loop import RunResult, run, save_final, sparseout_config
 from hf_sparseout.training.modeling import build_model, default_model, load_tokenizer, train_tokenizer
+
+logger = get_logger(__name__)
 
 
 @dataclass
@@ -23,35 +26,67 @@ class FinetuneOutcome:
     results: list[RunResult]
     output_dir: Path
     files: dict[str, str]
+    is_main_process: bool = True
 
     def summary(self) -> list[dict[str, Any]]:
         """One row per run (final metrics, sparsity, throughput)."""
         return reporting.summary_rows(self.results, self.task)
 
 
+def _checkpoints_in(out: Path) -> list[Path]:
+    return [c for r in ("sparseout", "baseline") for c in checkpoints.list_checkpoints(checkpoints.run_dir(out, r))]
+
+
 def check_output_dir(args: FinetuneArgs) -> Path:
-    """Refuse a non-empty output directory unless overwriting or resuming; clear stale checkpoints."""
+    """Check the output location before anything is trained; return it (symlinks resolved).
+
+    Refuses a non-empty directory unless overwriting or resuming, a file, and a location this process
+    cannot write (the directory itself, or its parent where the final save is staged) — so a run never
+    trains to the end and then fails to save. With ``--overwrite-output-dir`` the previous run's
+    checkpoints and baseline are removed; staging directories left by a killed save are removed.
+    """
+    from hf_sparseout.hub.save_load import check_writable, remove_stale_staging
+
     out = Path(args.output_dir).expanduser()
     if out.exists() and not out.is_dir():
         raise UsageError(f"--output-dir {str(out)!r} is a file", "choose a directory path")
+    out = out.resolve()
     non_empty = out.is_dir() and any(out.iterdir())
     if args.resume_from_checkpoint:
-        if args.resume_from_checkpoint == "latest" and not any(
-            checkpoints.list_checkpoints(checkpoints.run_dir(out, r)) for r in ("sparseout", "baseline")
-        ):
+        if args.resume_from_checkpoint == "latest" and not _checkpoints_in(out):
             raise UsageError(
                 f"no checkpoint to resume from in {str(out / 'checkpoints')!r}",
-                "train with --save-steps to write checkpoints, or drop --resume-from-checkpoint",
+                "checkpoints are written every --save-steps steps and every --save-minutes minutes; "
+                "drop --resume-from-checkpoint to start again",
             )
-        return out
-    if non_empty and not args.overwrite_output_dir:
+    elif non_empty and not args.overwrite_output_dir:
+        resumable = bool(_checkpoints_in(out))
         raise UsageError(
             f"output directory {str(out)!r} is not empty",
-            "pass --overwrite-output-dir to replace it, or --resume-from-checkpoint latest to continue a run",
+            "pass --overwrite-output-dir to replace it"
+            + (", or --resume-from-checkpoint latest to continue its run" if resumable else "")
+            + ", or choose another --output-dir",
         )
-    if non_empty:
-        shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    check_writable(out)
+    if non_empty and args.overwrite_output_dir and not args.resume_from_checkpoint:
+        for stale in ("checkpoints", "baseline"):
+            shutil.rmtree(out / stale, ignore_errors=True)
+    remove_stale_staging(out)
+    remove_stale_staging(out / "baseline")
     return out
+
+
+def interrupted_message(args: FinetuneArgs) -> str:
+    """What an interrupted ``finetune`` left: a checkpoint to resume from, or nothing to resume."""
+    out = Path(args.output_dir).expanduser().resolve()
+    runs = (checkpoints.list_checkpoints(checkpoints.run_dir(out, r)) for r in ("sparseout", "baseline"))
+    latest = [str(found[-1].relative_to(out)) for found in runs if found]
+    if latest:
+        return f"complete checkpoints are intact ({', '.join(latest)}); continue with --resume-from-checkpoint latest"
+    return (
+        "no checkpoint had been written yet (every --save-steps steps and every --save-minutes minutes, "
+        "default 10), so there is nothing to resume; run the command again"
+    )
 
 
 def _accelerator(args: FinetuneArgs) -> Any:
@@ -60,6 +95,12 @@ def _accelerator(args: FinetuneArgs) -> Any:
     from accelerate.utils import DataLoaderConfiguration
 
     trackers = [t for t in args.report_to if t != "none"]
+    _check_trackers(trackers)
+    if args.mixed_precision == "fp16" and not torch.cuda.is_available():
+        raise UsageError(
+            "--mixed-precision fp16 needs a CUDA device (on the CPU it would silently train in float32)",
+            "use --mixed-precision bf16 on the CPU, or no",
+        )
     try:
         return Accelerator(
             # Without CUDA, processes started by torchrun / `accelerate launch --multi_gpu` join a gloo group.
@@ -72,6 +113,25 @@ def _accelerator(args: FinetuneArgs) -> Any:
         )
     except (ValueError, ImportError, RuntimeError) as err:
         raise UsageError(f"accelerate could not start: {err}", "check --mixed-precision and --report-to") from err
+
+
+def _check_trackers(trackers: list[str]) -> None:
+    """Each ``--report-to`` tracker must be installed: accelerate would only warn and log nothing."""
+    from accelerate.tracking import LOGGER_TYPE_TO_CLASS, get_available_trackers
+
+    available = {str(getattr(t, "value", t)) for t in get_available_trackers()}
+    for name in trackers:
+        if name == "all":
+            continue
+        if name not in LOGGER_TYPE_TO_CLASS:
+            raise UsageError(
+                f"--report-to {name!r} is not an accelerate tracker", f"one of: none, {', '.join(LOGGER_TYPE_TO_CLASS)}"
+            )
+        if name not in available:
+            raise UsageError(
+                f"--report-to {name} needs the {name!r} package, which is not installed",
+                f"pip install {name}, or drop --report-to {name}",
+            )
 
 
 def _check_push(args: FinetuneArgs) -> None:
@@ -88,7 +148,7 @@ def _check_push(args: FinetuneArgs) -> None:
         raise UsageError("--push-to-hub needs a Hugging Face token", "set HF_TOKEN or run `hf auth login`")
 
 
-def _push(out: Path, args: FinetuneArgs, log: Any) -> str:
+def _push(out: Path, args: FinetuneArgs) -> str:
     from hf_sparseout.hub import push_checkpoint
     from hf_sparseout.hub.push import PushError
 
@@ -99,11 +159,11 @@ def _push(out: Path, args: FinetuneArgs, log: Any) -> str:
             f"the run finished and is saved in {str(out)!r}, but the push failed: {err}",
             getattr(err, "hint", None) or f"retry with: hf-sparseout push {out} --repo-id {args.hub_model_id}",
         ) from err
-    log(f"pushed {len(result.files)} files to {args.hub_model_id}")
+    logger.info(f"pushed {len(result.files)} files to {args.hub_model_id}")
     return args.hub_model_id
 
 
-def finetune(args: FinetuneArgs, log: Any = print, end_training: bool = True) -> FinetuneOutcome:
+def finetune(args: FinetuneArgs, end_training: bool = True) -> FinetuneOutcome:
     """Run ``hf-sparseout finetune`` with ``args``; ``UsageError`` for bad input, before anything is written.
 
     ``end_training=False`` keeps accelerate's trackers and process group alive for a caller that runs
@@ -130,11 +190,11 @@ def finetune(args: FinetuneArgs, log: Any = print, end_training: bool = True) ->
     tokenizer_name = args.tokenizer or model_name
     train, evaluation = pick_splits(raw, args)
     if tokenizer_name:
-        tokenizer = load_tokenizer(tokenizer_name)
+        tokenizer = load_tokenizer(tokenizer_name, "--tokenizer" if args.tokenizer else "--model")
     else:
         tokenizer = train_tokenizer([t for t in train[text_column(train, args)] if isinstance(t, str)])
     prepared = prepare(args, tokenizer, task, train, evaluation)
-    log(
+    logger.info(
         f"task: {task}; data: {source}; model: {model_name or 'from config ' + str(from_config)}; "
         f"train {len(prepared.train)} / eval {len(prepared.eval)} {'blocks' if task == 'causal-lm' else 'examples'}"
     )
@@ -153,7 +213,6 @@ def finetune(args: FinetuneArgs, log: Any = print, end_training: bool = True) ->
         collate=collate,
         task=task,
         num_labels=prepared.num_labels,
-        log=log,
     )
     results = [run("sparseout", args.q, args, **common)]
     if args.baseline:
@@ -166,13 +225,13 @@ def finetune(args: FinetuneArgs, log: Any = print, end_training: bool = True) ->
         files["metrics"] = str(reporting.write_metrics(out, args, results, task, source, accelerator.num_processes))
         files.update({k: str(out / v) for k, v in reporting.write_plots(out, results, task).items()})
         files["report"] = str(reporting.write_report(out, args, results, task, source))
-        files["run"] = str(reporting.write_run_file(out, args, results, task, dataset_names))
+        files["run"] = str(reporting.write_run_file(out, args, results, task, dataset_names, from_config is not None))
         files["card"] = str(write_model_card(out, repo_id=args.hub_model_id))
         if args.push_to_hub:
-            files["pushed_to"] = _push(out, args, log)
+            files["pushed_to"] = _push(out, args)
     if end_training:
         accelerator.end_training()
     else:
         for tracker in accelerator.trackers:
             tracker.finish()
-    return FinetuneOutcome(task, results, out, files)
+    return FinetuneOutcome(task, results, out, files, is_main_process=accelerator.is_main_process)

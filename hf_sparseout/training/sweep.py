@@ -24,10 +24,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hf_sparseout.logs import get_logger, log_prefix
 from hf_sparseout.training import checkpoints
 from hf_sparseout.training.args import FinetuneArgs, UsageError
 from hf_sparseout.training.reporting import headline
 from hf_sparseout.training.sweep_report import BASELINE_Q, FILES, aggregate, write_markdown, write_plot, write_site_plot
+
+logger = get_logger(__name__)
 
 ARGS_FILE = "sweep_args.json"
 DEFAULT_QS = (1.0, 1.5, 2.0, 2.5, 3.0)
@@ -222,7 +225,6 @@ def sweep(
     qs: Sequence[float] = DEFAULT_QS,
     ps: Sequence[float | None] | None = None,
     seeds: Sequence[int] = (0, 1, 2),
-    log: Callable[[str], None] = print,
 ) -> SweepResult:
     """Run ``finetune`` for every (p, q, seed) into ``args.output_dir/[pP/]qQ/seedS``, then summarise.
 
@@ -245,7 +247,7 @@ def sweep(
     _check_output_dir(root, args, points)
 
     state = PartialState(cpu=not torch.cuda.is_available())
-    status = _run_grid(args, points, root, state, log)
+    status = _run_grid(args, points, root, state)
     result = _summarise(args, list(qs), ps, list(seeds), points, root, status, state)
     if state.use_distributed:
         state.wait_for_everyone()
@@ -253,9 +255,7 @@ def sweep(
     return result
 
 
-def _run_grid(
-    args: FinetuneArgs, points: list[GridPoint], root: Path, state: Any, log: Callable[[str], None]
-) -> dict[GridPoint, str]:
+def _run_grid(args: FinetuneArgs, points: list[GridPoint], root: Path, state: Any) -> dict[GridPoint, str]:
     from hf_sparseout.training.runner import finetune
 
     states = {pt: _run_state(root / pt.relative_dir, args.overwrite_output_dir) for pt in points}
@@ -264,14 +264,14 @@ def _run_grid(
         root.mkdir(parents=True, exist_ok=True)
         (root / ARGS_FILE).write_text(json.dumps(_shared_options(args), indent=2, default=str))
     todo = sum(s != "finished" for s in states.values())
-    log(f"sweep: {len(points)} runs in {root} ({len(points) - todo} finished, {todo} to train)")
+    logger.info(f"sweep: {len(points)} runs in {root} ({len(points) - todo} finished, {todo} to train)")
     status: dict[GridPoint, str] = {}
     for i, pt in enumerate(points, 1):
         if states[pt] == "finished":
-            log(f"[{i}/{len(points)} {pt.label}] finished earlier: skipped")
+            logger.info(f"[{i}/{len(points)} {pt.label}] finished earlier: skipped")
             status[pt] = "skipped"
             continue
-        log(f"[{i}/{len(points)} {pt.label}] {'resuming' if states[pt] == 'resume' else 'training'}")
+        logger.info(f"[{i}/{len(points)} {pt.label}] {'resuming' if states[pt] == 'resume' else 'training'}")
         run_args = dataclasses.replace(
             args,
             q=pt.q,
@@ -282,7 +282,8 @@ def _run_grid(
             overwrite_output_dir=states[pt] == "fresh",
             resume_from_checkpoint="latest" if states[pt] == "resume" else None,
         )
-        finetune(run_args, log=lambda msg, pt=pt: log(f"[{pt.label}] {msg}"), end_training=False)
+        with log_prefix(f"[{pt.label}]"):
+            finetune(run_args, end_training=False)
         status[pt] = "resumed" if states[pt] == "resume" else "trained"
     state.wait_for_everyone()  # every metrics.json is written
     return status
