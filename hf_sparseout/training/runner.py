@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from hf_sparseout.hub import write_model_card
+from hf_sparseout.integrations.distributed import check_launch
 from hf_sparseout.training import checkpoints, reporting
 from hf_sparseout.training.args import FinetuneArgs, UsageError
 from hf_sparseout.training.data import infer_task, load_raw, pick_splits, prepare, text_column
@@ -61,7 +62,7 @@ def _accelerator(args: FinetuneArgs) -> Any:
 
     trackers = [t for t in args.report_to if t != "none"]
     try:
-        return Accelerator(
+        accelerator = Accelerator(
             # Without CUDA, processes started by torchrun / `accelerate launch --multi_gpu` join a gloo group.
             cpu=not torch.cuda.is_available(),
             gradient_accumulation_steps=args.gradient_accumulation_steps,
@@ -72,6 +73,8 @@ def _accelerator(args: FinetuneArgs) -> Any:
         )
     except (ValueError, ImportError, RuntimeError) as err:
         raise UsageError(f"accelerate could not start: {err}", "check --mixed-precision and --report-to") from err
+    check_launch(accelerator)  # N launched processes are one run, and a requested FSDP/DeepSpeed is used
+    return accelerator
 
 
 def _check_push(args: FinetuneArgs) -> None:
