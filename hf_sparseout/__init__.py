@@ -16,6 +16,17 @@ from hf_sparseout.ops.sparseout import MAX_SCALE, sparseout
 from hf_sparseout.patcher import Site, SiteReport, SparseoutConfig, get_report, inspect, is_patched, patch, unpatch
 from hf_sparseout.version import __version__
 
+
+def __getattr__(name: str):
+    # SparsityCallback subclasses transformers.TrainerCallback: imported on first use, so that
+    # `import hf_sparseout` does not import transformers' Trainer machinery.
+    if name == "SparsityCallback":
+        from hf_sparseout.integrations.trainer import SparsityCallback
+
+        return SparsityCallback
+    raise AttributeError(f"module 'hf_sparseout' has no attribute {name!r}")
+
+
 __all__ = [
     "MAX_SCALE",
     "AutoSparseoutModel",
@@ -25,6 +36,7 @@ __all__ = [
     "SiteReport",
     "Sparseout",
     "SparseoutConfig",
+    "SparsityCallback",
     "SparsityMonitor",
     "__version__",
     "from_pretrained",

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from hf_sparseout.hub import write_model_card
+from hf_sparseout.integrations.distributed import check_launch
 from hf_sparseout.logs import get_logger
 from hf_sparseout.training import checkpoints, reporting
 from hf_sparseout.training.args import FinetuneArgs, UsageError
@@ -102,7 +103,7 @@ def _accelerator(args: FinetuneArgs) -> Any:
             "use --mixed-precision bf16 on the CPU, or no",
         )
     try:
-        return Accelerator(
+        accelerator = Accelerator(
             # Without CUDA, processes started by torchrun / `accelerate launch --multi_gpu` join a gloo group.
             cpu=not torch.cuda.is_available(),
             gradient_accumulation_steps=args.gradient_accumulation_steps,
@@ -113,6 +114,8 @@ def _accelerator(args: FinetuneArgs) -> Any:
         )
     except (ValueError, ImportError, RuntimeError) as err:
         raise UsageError(f"accelerate could not start: {err}", "check --mixed-precision and --report-to") from err
+    check_launch(accelerator)  # N launched processes are one run, and a requested FSDP/DeepSpeed is used
+    return accelerator
 
 
 def _check_trackers(trackers: list[str]) -> None:
