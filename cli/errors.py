@@ -1,48 +1,69 @@
-"""User-facing errors: one line saying what is wrong, one saying what to do, exit code 2."""
+"""User-facing errors: one line saying what is wrong, one saying what to do, exit code 2.
+
+Every command raises ``hf_sparseout.errors.HfSparseoutError`` (or ``CliError``, its CLI subclass) for bad
+input; :class:`ErrorReportingGroup`, the app's group, prints it once and picks the exit code.
+"""
 
 from __future__ import annotations
 
 import signal
 import threading
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
+from typer.core import TyperGroup
+
+from hf_sparseout.errors import HfSparseoutError
 
 _err = Console(stderr=True, highlight=False)
 
 
-class CliError(Exception):
-    """An error caused by the user's input or environment, with an actionable hint."""
-
-    def __init__(self, message: str, hint: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.hint = hint
+class CliError(HfSparseoutError):
+    """An error found by the CLI itself (option syntax, a sweep's own options), with an actionable hint."""
 
 
-def fail(err: CliError) -> None:
-    """Print ``err`` (and its hint) to stderr and exit with code 2."""
-    _err.print(f"[bold red]Error:[/] {err.message}")
-    if err.hint:
-        _err.print(f"[yellow]Hint:[/] {err.hint}")
-    raise typer.Exit(code=2)
+EXIT_USAGE = 2
+"""Exit code of every ``HfSparseoutError``: bad input or environment, nothing was written."""
+
+
+def report(err: HfSparseoutError) -> int:
+    """Print ``err`` (and its hint) to stderr; return the exit code for it."""
+    message = err.message if isinstance(err, HfSparseoutError) else str(err)
+    _err.print(f"[bold red]Error:[/] {escape(message)}")
+    if getattr(err, "hint", None):
+        _err.print(f"[yellow]Hint:[/] {escape(err.hint)}")
+    return EXIT_USAGE
+
+
+def fail(err: HfSparseoutError) -> None:
+    """Print ``err`` (and its hint) to stderr and exit with its code."""
+    raise typer.Exit(code=report(err))
+
+
+class ErrorReportingGroup(TyperGroup):
+    """The app's group: any ``HfSparseoutError`` a command raises is printed once, here, and exits 2."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except HfSparseoutError as err:
+            raise typer.Exit(code=report(err)) from None
 
 
 T = TypeVar("T")
 
 
 def run_job(job: Callable[[], T], interrupted: str | Callable[[], str]) -> T:
-    """Run a long job: any ``HfSparseoutError`` becomes an error + hint (exit 2); Ctrl-C or SIGTERM prints
+    """Run a long job: Ctrl-C or SIGTERM prints
     ``interrupted`` (a string, or a function called then so the message describes what is on disk)
     and exits 130 (143 for SIGTERM).
 
     SIGINT and SIGTERM are raised as ``KeyboardInterrupt`` while the job runs (whatever handlers were
     installed), so an interrupted checkpoint or final save is cleaned up by the job itself.
     """
-    from hf_sparseout.errors import HfSparseoutError
-
     received: list[int] = []
 
     def _raise(signum: int, frame: object) -> None:
@@ -55,8 +76,6 @@ def run_job(job: Callable[[], T], interrupted: str | Callable[[], str]) -> T:
         for sig in previous:
             signal.signal(sig, _raise)
         return job()
-    except HfSparseoutError as err:
-        fail(CliError(err.message, err.hint))
     except KeyboardInterrupt:
         message = interrupted() if callable(interrupted) else interrupted
         typer.echo(f"Interrupted: {message}", err=True)

@@ -11,6 +11,7 @@ import typer.rich_utils
 
 from hf_sparseout.version import __version__
 from hf_sparseout_cli.env_cmd import env
+from hf_sparseout_cli.errors import ErrorReportingGroup
 from hf_sparseout_cli.finetune_cmd import finetune
 from hf_sparseout_cli.inspect_cmd import inspect
 from hf_sparseout_cli.push_cmd import push
@@ -24,6 +25,7 @@ if typer.rich_utils.MAX_WIDTH is None and "COLUMNS" not in os.environ and not sy
 
 app = typer.Typer(
     name="hf-sparseout",
+    cls=ErrorReportingGroup,
     help="Sparseout for Hugging Face transformers: patch models, measure activation sparsity, fine-tune.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,

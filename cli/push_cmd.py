@@ -8,7 +8,6 @@ from typing import Annotated
 
 import typer
 
-from hf_sparseout_cli.errors import CliError, fail
 from hf_sparseout_cli.options import FormatOpt, OutputFormat
 
 
@@ -51,22 +50,16 @@ def push(
 
       hf-sparseout push ./run --repo-id my-org/gpt2-sparseout --private --revision q1.5
     """
-    from hf_sparseout.hub.push import PushError, push_checkpoint
+    from hf_sparseout.hub.push import push_checkpoint
 
-    try:
-        try:
-            result = push_checkpoint(
-                checkpoint_dir,
-                repo_id,
-                private=private,
-                revision=revision,
-                commit_message=commit_message,
-                dry_run=dry_run,
-            )
-        except PushError as err:
-            raise CliError(err.message, err.hint) from err
-    except CliError as err:
-        fail(err)
+    result = push_checkpoint(  # a PushError is printed by the app (hf_sparseout_cli.errors)
+        checkpoint_dir,
+        repo_id,
+        private=private,
+        revision=revision,
+        commit_message=commit_message,
+        dry_run=dry_run,
+    )
     if fmt is OutputFormat.json:
         typer.echo(json.dumps(result.to_dict(), indent=2))
         return

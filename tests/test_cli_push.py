@@ -1,25 +1,15 @@
-"""`hf-sparseout push`, registered on a Typer app here (cli/main.py registers it the same way)."""
+"""`hf-sparseout push`, invoked through the real app (whose group prints errors, exit 2)."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
-import typer
 from test_model_card import write_run_dir
 from test_push import TOKEN, UPLOADED, hub  # noqa: F401  (the fake-Hub fixture)
 from typer.testing import CliRunner
 
-from hf_sparseout_cli.push_cmd import push
-
-app = typer.Typer()
-app.command("push")(push)
-
-
-@app.callback()
-def _root() -> None:
-    """A one-command app, so that `push` is invoked by name as in hf-sparseout."""
-
+from hf_sparseout_cli.main import app
 
 runner = CliRunner()
 
