@@ -5,6 +5,11 @@
 * ``"eager"``: always the eager op.
 * ``"triton"``: always the Triton kernel; a ``RuntimeError`` for an input it cannot take (CPU tensor,
   other dtype, triton missing, no CUDA).
+* ``"compiled"``: the eager op's autograd function with its element-wise math (forward, and the gradient
+  product in backward) compiled by ``torch.compile`` (inductor: one fused loop each, where the eager op
+  makes several passes). Same keep mask and RNG use as ``"eager"``; needs a C++ compiler on CPU; the first
+  call for each ``(q, dtype, gradient, noise)`` compiles (seconds). Under an outer ``torch.compile`` the
+  plain eager math is traced instead. See bench/results/op_sparseout_cpu.md for what it buys.
 
 ``q == 2`` and ``p == 1`` go to :func:`torch.nn.functional.dropout` under every backend (native kernel).
 
@@ -27,7 +32,7 @@ from collections.abc import Callable, Iterator
 
 import torch
 
-BACKENDS: tuple[str, ...] = ("auto", "eager", "triton")
+BACKENDS: tuple[str, ...] = ("auto", "eager", "triton", "compiled")
 TRITON_DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat16, torch.float16)
 
 _backend: str = "auto"
@@ -74,7 +79,7 @@ def use_triton(x: torch.Tensor) -> bool:
     Raises:
         RuntimeError: the backend is ``"triton"`` and ``x`` or the installation cannot use it.
     """
-    if _backend == "eager":
+    if _backend in ("eager", "compiled"):
         return False
     ok = _HAS_TRITON and x.is_cuda and x.dtype in TRITON_DTYPES
     if _backend == "triton" and not ok:
@@ -93,3 +98,21 @@ def fused_sparseout() -> Callable[..., torch.Tensor]:
     from hf_sparseout.kernels.sparseout_op import sparseout_fused
 
     return sparseout_fused
+
+
+_COMPILED: tuple[Callable[..., torch.Tensor], Callable[..., torch.Tensor]] | None = None
+
+
+def cpu_math() -> tuple[Callable[..., torch.Tensor], Callable[..., torch.Tensor]]:
+    """``(forward_math, backward_math)`` of the eager autograd function: compiled under ``"compiled"``."""
+    from hf_sparseout.ops.sparseout import backward_math, forward_math
+
+    if _backend != "compiled" or torch.compiler.is_compiling():
+        return forward_math, backward_math
+    global _COMPILED
+    if _COMPILED is None:
+        _COMPILED = (
+            torch.compile(forward_math, dynamic=True, fullgraph=True),
+            torch.compile(backward_math, dynamic=True, fullgraph=True),
+        )
+    return _COMPILED

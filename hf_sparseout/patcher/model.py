@@ -208,7 +208,7 @@ def patch(model: nn.Module, config: SparseoutConfig, example_inputs: dict[str, A
     readers: set[str] = set()
     try:
         for site in report.sparseout_sites:
-            module = Sparseout(p=site.new_p, q=site.q, gradient=config.gradient)
+            module = Sparseout(p=site.new_p, q=site.q, gradient=config.gradient, noise=config.noise)
             module.p = SiteP(site.new_p, site.name, module)
             if site.kind == "inserted":
                 target = model.get_submodule(site.name)
