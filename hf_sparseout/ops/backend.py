@@ -103,6 +103,23 @@ def fused_sparseout() -> Callable[..., torch.Tensor]:
 _COMPILED: tuple[Callable[..., torch.Tensor], Callable[..., torch.Tensor]] | None = None
 
 
+class _Compiled:
+    """``torch.compile(fn)`` called on flattened tensors with ``p``, ``q`` specialised (one graph per value).
+
+    Shapes are dynamic (one graph for every size), floats are not: the math branches on ``q`` in Python
+    (sqrt chains), so each ``(p, q)`` gets its own graph instead of a symbolic exponent.
+    """
+
+    def __init__(self, fn: Callable[..., torch.Tensor]) -> None:
+        self.compiled = torch.compile(fn, dynamic=True, fullgraph=True)
+
+    def __call__(self, *args: object) -> torch.Tensor:
+        shape = next(a.shape for a in args if isinstance(a, torch.Tensor))
+        flat = [a.reshape(-1) if isinstance(a, torch.Tensor) and a.dim() > 0 else a for a in args]
+        with torch._dynamo.config.patch(specialize_float=True):
+            return self.compiled(*flat).view(shape)
+
+
 def cpu_math() -> tuple[Callable[..., torch.Tensor], Callable[..., torch.Tensor]]:
     """``(forward_math, backward_math)`` of the eager autograd function: compiled under ``"compiled"``."""
     from hf_sparseout.ops.sparseout import backward_math, forward_math
@@ -111,8 +128,5 @@ def cpu_math() -> tuple[Callable[..., torch.Tensor], Callable[..., torch.Tensor]
         return forward_math, backward_math
     global _COMPILED
     if _COMPILED is None:
-        _COMPILED = (
-            torch.compile(forward_math, dynamic=True, fullgraph=True),
-            torch.compile(backward_math, dynamic=True, fullgraph=True),
-        )
+        _COMPILED = (_Compiled(forward_math), _Compiled(backward_math))
     return _COMPILED

@@ -106,7 +106,7 @@ def _abs_pow_(ax: torch.Tensor, e: float) -> torch.Tensor:
     n4 = 4.0 * abs(e)
     if n4 != int(n4) or n4 > 11:
         return ax.pow_(e)
-    whole, frac = divmod(int(n4), 4)
+    whole, frac = int(n4) // 4, int(n4) % 4
     if e < 0 and whole == 0 and frac == 2:
         return ax.rsqrt_()
     if frac == 0:
