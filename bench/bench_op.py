@@ -116,7 +116,9 @@ def make_impls(device: str, p: float, q: float) -> dict[str, Callable[[torch.Ten
         "authors": lambda x: AuthorsSparseout.apply(x, p, q),
     }
     if device == "cpu":
-        impls["eager_before"] = lambda x: BeforeSparseout.apply(x, p, q)
+        impls["eager_before"] = (  # q = 2 went to F.dropout before too
+            (lambda x: F.dropout(x, p, training=True)) if q == 2.0 else (lambda x: BeforeSparseout.apply(x, p, q))
+        )
     impls["eager"] = ours("eager")
     if device == "cpu":
         impls["compiled"] = ours("compiled")

@@ -34,8 +34,10 @@ class Sparseout(nn.Module):
         self.noise = noise
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        return sparseout(input, self.p, self.q, self.training, self.inplace, self.gradient, self.noise)
+        noise = getattr(self, "noise", "raw")  # modules pickled before the field existed
+        return sparseout(input, self.p, self.q, self.training, self.inplace, self.gradient, noise)
 
     def extra_repr(self) -> str:
         text = f"p={float(self.p)!r}, q={float(self.q)!r}, inplace={self.inplace}, gradient={self.gradient!r}"
-        return text if self.noise == "raw" else f"{text}, noise={self.noise!r}"
+        noise = getattr(self, "noise", "raw")
+        return text if noise == "raw" else f"{text}, noise={noise!r}"

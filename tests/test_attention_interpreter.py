@@ -136,7 +136,7 @@ def reference(c: dict, keep: torch.Tensor, gradient: str, sq: float | None = Non
     return {"out": out.detach(), "dq": q.grad, "dk": k.grad, "dv": v.grad, "probs": probs.detach()}
 
 
-TOL = {torch.float32: 2e-5, torch.bfloat16: 3e-2, torch.float16: 5e-3}
+TOL = {torch.float32: 2e-5, torch.bfloat16: 1.5e-2, torch.float16: 2e-3}  # measured: 3e-7, 7e-3, 3e-4
 
 
 def rel_err(got: torch.Tensor, want: torch.Tensor) -> float:

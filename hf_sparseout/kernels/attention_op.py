@@ -48,6 +48,8 @@ def flash_path_reason(
         return f"sparseout backend {_backend.get_backend()!r}"
     if not _backend.triton_available():
         return "triton is not installed"
+    if torch.compiler.is_compiling():
+        return "under torch.compile (the kernel is not a torch.library custom op yet)"
     if query.dim() != 4 or key.dim() != 4 or value.dim() != 4:
         return "query/key/value are not 4-D"
     if query.dtype not in FLASH_DTYPES or key.dtype != query.dtype or value.dtype != query.dtype:
