@@ -104,7 +104,7 @@ def _scores(
     return tl.where(valid, s, float("-inf"))
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["seed", "ctr_lo", "ctr_hi", "thresh"])
 def _attn_fwd_kernel(
     Q,
     K,
@@ -220,7 +220,7 @@ def _probs_grad(
     return pt, ds
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["seed", "ctr_lo", "ctr_hi", "thresh"])
 def _attn_bwd_dkdv_kernel(
     Q, K, V, MASKP, DO, LSE, DELTA, DK, DV,
     sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, smb, smh, smm, smn,
@@ -265,7 +265,7 @@ def _attn_bwd_dkdv_kernel(
     tl.store(DV + optr, dv.to(DV.dtype.element_ty), mask=kvmask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["seed", "ctr_lo", "ctr_hi", "thresh"])
 def _attn_bwd_dq_kernel(
     Q, K, V, MASKP, DO, LSE, DELTA, DQ,
     sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, smb, smh, smm, smn,
