@@ -47,3 +47,16 @@ def test_compiled_backend_never_takes_the_triton_path():
         assert isinstance(fwd, backend._Compiled) and isinstance(bwd, backend._Compiled)
     fwd, _ = backend.cpu_math()
     assert not isinstance(fwd, backend._Compiled)
+
+
+def test_past_the_recompile_limit_the_eager_math_runs_with_a_warning(monkeypatch):
+    monkeypatch.setattr(backend._Compiled, "RECOMPILE_LIMIT", 1)
+    monkeypatch.setattr(backend, "_COMPILED", None)  # fresh wrappers (the warning is once per wrapper)
+    x0 = torch.randn(50)
+    with backend.use_backend("compiled"), pytest.warns(UserWarning, match="running the eager math"):
+        for q in (1.5, 0.5, 3.0):  # at most one graph each (the cache is per function): a later q hits the limit
+            x = x0.clone().requires_grad_()
+            torch.manual_seed(SEED)
+            y = hf_sparseout.sparseout(x, p=0.3, q=q)
+            y.sum().backward()
+            torch.testing.assert_close(y.detach().double(), out64(x0, mask_for(x0, 0.3, SEED), 0.3, q))

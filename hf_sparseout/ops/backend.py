@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import warnings
 from collections.abc import Callable, Iterator
 
 import torch
@@ -103,6 +104,13 @@ def fused_sparseout() -> Callable[..., torch.Tensor]:
 _COMPILED: tuple[Callable[..., torch.Tensor], Callable[..., torch.Tensor]] | None = None
 
 
+_COMPILE_LIMIT_ERRORS: tuple[type[Exception], ...] = tuple(
+    getattr(torch._dynamo.exc, name)
+    for name in ("Unsupported", "FailOnRecompileLimitHit")
+    if hasattr(torch._dynamo.exc, name)
+)
+
+
 class _Compiled:
     """``torch.compile(fn)`` called on flattened tensors with ``p``, ``q`` specialised (one graph per value).
 
@@ -110,14 +118,25 @@ class _Compiled:
     (sqrt chains), so each ``(p, q)`` gets its own graph instead of a symbolic exponent.
     """
 
+    RECOMPILE_LIMIT = 64
+    """Graphs per function (one per p, q, dtype, gradient rule, noise mode); past it, the eager math runs."""
+
     def __init__(self, fn: Callable[..., torch.Tensor]) -> None:
+        self.fn = fn
         self.compiled = torch.compile(fn, dynamic=True, fullgraph=True)
 
     def __call__(self, *args: object) -> torch.Tensor:
         shape = next(a.shape for a in args if isinstance(a, torch.Tensor))
         flat = [a.reshape(-1) if isinstance(a, torch.Tensor) and a.dim() > 0 else a for a in args]
-        with torch._dynamo.config.patch(specialize_float=True):
-            return self.compiled(*flat).view(shape)
+        try:
+            with torch._dynamo.config.patch(specialize_float=True, recompile_limit=self.RECOMPILE_LIMIT):
+                return self.compiled(*flat).view(shape)
+        except _COMPILE_LIMIT_ERRORS as err:  # recompile limit: warn once, then the eager math
+            if not getattr(self, "_warned", False):
+                msg = f"sparseout 'compiled' backend: running the eager math ({type(err).__name__})"
+                warnings.warn(msg, stacklevel=2)
+                self._warned = True
+            return self.fn(*args)
 
 
 def cpu_math() -> tuple[Callable[..., torch.Tensor], Callable[..., torch.Tensor]]:
