@@ -59,4 +59,5 @@ def test_past_the_recompile_limit_the_eager_math_runs_with_a_warning(monkeypatch
             torch.manual_seed(SEED)
             y = hf_sparseout.sparseout(x, p=0.3, q=q)
             y.sum().backward()
-            torch.testing.assert_close(y.detach().double(), out64(x0, mask_for(x0, 0.3, SEED), 0.3, q))
+            want = out64(x0, mask_for(x0, 0.3, SEED), 0.3, q)
+            torch.testing.assert_close(y.detach().double(), want, rtol=1e-5, atol=1e-6)
