@@ -38,6 +38,12 @@ import hf_sparseout
 from bench.common import device_name, median_seconds, write_results
 from hf_sparseout.ops import backend
 
+LOADED_NOTE = (
+    "the load average was far above the 2 cores, so absolute times are inflated several-fold and single ratios "
+    "carry noise well beyond 10-20%: read the before/after columns of the same row (timed in the same rounds), "
+    "not single cells."
+)
+
 # Datasheet peak memory bandwidth, GB/s (10^9 bytes/s), matched on torch.cuda.get_device_name.
 DATASHEET_GBPS = {
     "H100 80GB HBM3": 3350.0,  # H100 SXM5
@@ -271,8 +277,9 @@ def run(args: argparse.Namespace) -> None:
         load = os.getloadavg()
         notes += (
             f"\nCPU: {device_name(device)}, a machine shared with other jobs (load average at the end of the run "
-            f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} over 1 / 5 / 15 min); expect noise of 10-20%. "
-            "q = 2 goes to F.dropout in hf_sparseout (ratio ~1 by construction).\n"
+            f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} over 1 / 5 / 15 min); "
+            + ("expect noise of 10-20%. " if load[1] < 2 * torch.get_num_threads() else LOADED_NOTE + " ")
+            + "q = 2 goes to F.dropout in hf_sparseout (ratio ~1 by construction).\n"
             "\nImplementations: eager_before is the eager op before issue 17 (a frozen copy in bench_op.py); eager is "
             "the current default (sqrt chains for q in multiples of 0.5, fewer temporaries); compiled is "
             "set_backend('compiled'), the same autograd function with its element-wise math compiled by "
