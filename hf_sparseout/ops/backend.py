@@ -104,11 +104,10 @@ def fused_sparseout() -> Callable[..., torch.Tensor]:
 _COMPILED: tuple[Callable[..., torch.Tensor], Callable[..., torch.Tensor]] | None = None
 
 
-_COMPILE_LIMIT_ERRORS: tuple[type[Exception], ...] = tuple(
-    getattr(torch._dynamo.exc, name)
-    for name in ("Unsupported", "FailOnRecompileLimitHit")
-    if hasattr(torch._dynamo.exc, name)
-)
+def _compile_limit_errors() -> tuple[type[Exception], ...]:
+    """Dynamo's recompile-limit errors (looked up on use: importing ``torch._dynamo`` imports triton)."""
+    exc = torch._dynamo.exc
+    return tuple(getattr(exc, name) for name in ("Unsupported", "FailOnRecompileLimitHit") if hasattr(exc, name))
 
 
 class _Compiled:
@@ -131,7 +130,9 @@ class _Compiled:
         try:
             with torch._dynamo.config.patch(specialize_float=True, recompile_limit=self.RECOMPILE_LIMIT):
                 return self.compiled(*flat).view(shape)
-        except _COMPILE_LIMIT_ERRORS as err:  # recompile limit: warn once, then the eager math
+        except Exception as err:  # the recompile limit: warn once, then the eager math
+            if not isinstance(err, _compile_limit_errors()):
+                raise
             if not getattr(self, "_warned", False):
                 msg = f"sparseout 'compiled' backend: running the eager math ({type(err).__name__})"
                 warnings.warn(msg, stacklevel=2)
