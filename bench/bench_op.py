@@ -7,7 +7,9 @@ Implementations (each timed in the same run, ratios against ``dropout`` of the s
   ``noise = bernoulli(1-p)/(1-p) - 1``, ``factor = (|x| + 1e-12) ** ((q-2)/2) * noise + 1``,
   ``out = x * factor``, backward ``grad * factor``; about 10 elementwise kernels in the input dtype, and a
   full-size factor tensor saved for backward (here through ``save_for_backward``, so it is counted).
+* ``eager_before`` (CPU): the eager op as it was before issue 17 (a frozen copy, for before/after figures).
 * ``eager``: ``hf_sparseout.sparseout`` with the eager backend.
+* ``compiled`` (CPU): ``hf_sparseout.sparseout`` with the ``"compiled"`` backend (torch.compile'd math).
 * ``triton``: ``hf_sparseout.sparseout`` with the fused Triton kernel (CUDA only).
 
 Columns: ``fwd_ms`` (forward only, autograd recording on), ``fwdbwd_ms`` (forward + ``autograd.grad``),
@@ -25,6 +27,8 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+import statistics
 from collections.abc import Callable
 
 import torch
@@ -33,6 +37,12 @@ import torch.nn.functional as F
 import hf_sparseout
 from bench.common import device_name, median_seconds, write_results
 from hf_sparseout.ops import backend
+
+LOADED_NOTE = (
+    "the load average was far above the 2 cores, so absolute times are inflated several-fold and single ratios "
+    "carry noise well beyond 10-20%: read the before/after columns of the same row (timed in the same rounds), "
+    "not single cells."
+)
 
 # Datasheet peak memory bandwidth, GB/s (10^9 bytes/s), matched on torch.cuda.get_device_name.
 DATASHEET_GBPS = {
@@ -65,6 +75,38 @@ class AuthorsSparseout(torch.autograd.Function):
         return grad.mul(factor), None, None
 
 
+class BeforeSparseout(torch.autograd.Function):
+    """The eager op as it was before the issue-17 changes (main at 0158b44), kept here for before/after runs.
+
+    Forward: abs, pow (any exponent), copysign, a noise tensor, addcmul, clamp; backward: abs, pow, coefficient,
+    clamp, a noise tensor, mul, add, mul by grad, clamp. Same mask draw and saved tensors as the current op.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, p: float, q: float) -> torch.Tensor:
+        mask = torch.empty(x.shape, dtype=torch.bool, device=x.device).bernoulli_(1.0 - p)
+        cdt = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+        xc = x.to(cdt)
+        mag = xc.abs().sqrt_() if q == 1.0 else xc.abs().pow_(q / 2.0)
+        noise = torch.where(mask, torch.tensor(p / (1 - p), dtype=cdt), torch.tensor(-1.0, dtype=cdt))
+        out = torch.addcmul(xc, torch.copysign(mag, xc), noise)
+        fmax = torch.finfo(x.dtype).max
+        ctx.save_for_backward(x, mask)
+        ctx.p, ctx.q = p, q
+        return out.clamp_(-fmax, fmax).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, mask = ctx.saved_tensors
+        p, q = ctx.p, ctx.q
+        cdt = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+        scale = x.to(cdt).abs().pow_((q - 2.0) / 2.0).clamp_(max=1e4)
+        noise = torch.where(mask, torch.tensor(p / (1 - p), dtype=cdt), torch.tensor(-1.0, dtype=cdt))
+        factor = scale.mul_(noise).add_(1.0)
+        fmax = torch.finfo(grad.dtype).max
+        return factor.mul_(grad).clamp_(-fmax, fmax).to(grad.dtype), None, None
+
+
 def make_impls(device: str, p: float, q: float) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
     """The implementations to time, as ``f(x) -> out``."""
 
@@ -78,8 +120,14 @@ def make_impls(device: str, p: float, q: float) -> dict[str, Callable[[torch.Ten
     impls = {
         "dropout": lambda x: F.dropout(x, p, training=True),
         "authors": lambda x: AuthorsSparseout.apply(x, p, q),
-        "eager": ours("eager"),
     }
+    if device == "cpu":
+        impls["eager_before"] = (  # q = 2 went to F.dropout before too
+            (lambda x: F.dropout(x, p, training=True)) if q == 2.0 else (lambda x: BeforeSparseout.apply(x, p, q))
+        )
+    impls["eager"] = ours("eager")
+    if device == "cpu":
+        impls["compiled"] = ours("compiled")
     if device == "cuda" and backend.triton_available():
         impls["triton"] = ours("triton")
     return impls
@@ -146,17 +194,24 @@ def run(args: argparse.Namespace) -> None:
                 x = torch.randn(n, device=device, dtype=dtype).requires_grad_()
                 g = torch.randn(n, device=device, dtype=dtype)
                 base = None
+                fns = {
+                    name: (lambda f=f, x=x: f(x), lambda f=f, x=x, g=g: torch.autograd.grad(f(x), x, g))
+                    for name, f in impls.items()
+                }
+                for name, (_, fwdbwd) in fns.items():
+                    assert torch.isfinite(fwdbwd()[0]).all(), f"{name}: non-finite gradient"  # and warm-up/compile
+                # Interleaved: each round times every implementation once, so load drift on a shared machine
+                # hits all of them alike; the figure is the median over rounds.
+                times: dict[str, list[tuple[float, float]]] = {name: [] for name in impls}
+                for _ in range(args.rounds):
+                    for name, (fwd, fwdbwd) in fns.items():
+                        times[name].append(
+                            (median_seconds(fwd, args.min_run_time), median_seconds(fwdbwd, args.min_run_time))
+                        )
                 for name, f in impls.items():
-
-                    def fwd(f=f, x=x):
-                        return f(x)
-
-                    def fwdbwd(f=f, x=x, g=g):
-                        return torch.autograd.grad(f(x), x, g)
-
-                    assert torch.isfinite(fwdbwd()[0]).all(), f"{name}: non-finite gradient"
-                    t_fwd = median_seconds(fwd, args.min_run_time)
-                    t = median_seconds(fwdbwd, args.min_run_time)
+                    fwdbwd = fns[name][1]
+                    t_fwd = statistics.median(a for a, _ in times[name])
+                    t = statistics.median(b for _, b in times[name])
                     base = t if name == "dropout" else base
                     s = x.element_size()
                     model_bytes = (4 * s + 2) if name == "dropout" else 5 * s
@@ -198,8 +253,9 @@ def run(args: argparse.Namespace) -> None:
         columns += ["eff_GBps", "pct_datasheet", "pct_copy", "kernel_ms", "kernel_x_dropout", "kernel_pct_datasheet"]
         columns += ["peak_extra_B_per_elem"]
     notes = (
-        f"p = {args.p}. Median of torch.utils.benchmark blocked_autorange (min_run_time {args.min_run_time} s, "
-        "synchronised). x_dropout: fwd+bwd time over F.dropout's, same dtype and size, same run. "
+        f"p = {args.p}. Median over {args.rounds} interleaved rounds (each round times every implementation once) "
+        f"of torch.utils.benchmark blocked_autorange medians (min_run_time {args.min_run_time} s, synchronised). "
+        "x_dropout: fwd+bwd time over F.dropout's, same dtype and size, same run. "
         "speedup_vs_authors: the authors' fwd+bwd time over this row's.\n"
     )
     if device == "cuda":
@@ -218,9 +274,17 @@ def run(args: argparse.Namespace) -> None:
             "at least 70% of peak bandwidth.\n"
         )
     else:
+        load = os.getloadavg()
         notes += (
-            f"\nCPU: {device_name(device)}, a machine shared with other jobs; short min_run_time, so expect noise of "
-            "10-20%. q = 2 goes to F.dropout in hf_sparseout (ratio ~1 by construction).\n"
+            f"\nCPU: {device_name(device)}, a machine shared with other jobs (load average at the end of the run "
+            f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} over 1 / 5 / 15 min); "
+            + ("expect noise of 10-20%. " if load[1] < 2 * torch.get_num_threads() else LOADED_NOTE + " ")
+            + "q = 2 goes to F.dropout in hf_sparseout (ratio ~1 by construction).\n"
+            "\nImplementations: eager_before is the eager op before issue 17 (a frozen copy in bench_op.py); eager is "
+            "the current default (sqrt chains for q in multiples of 0.5, fewer temporaries); compiled is "
+            "set_backend('compiled'), the same autograd function with its element-wise math compiled by "
+            "torch.compile (inductor, one fused loop per direction; compile time not included, it is paid once per "
+            "q and dtype).\n"
             "\nTargets (recorded, not asserted): eager at most 1.25x dropout, saved bytes no more than the authors'.\n"
         )
     if args.extra_notes:
@@ -277,6 +341,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--qs", nargs="+", type=float, default=None)
     ap.add_argument("--p", type=float, default=0.1)
     ap.add_argument("--min-run-time", type=float, default=None)
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median over them)")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
     ap.add_argument("--name", default="op_sparseout")
     ap.add_argument("--extra-notes", default="")

@@ -23,7 +23,7 @@ def test_default_is_auto():
     assert backend.get_backend() == "auto"
 
 
-@pytest.mark.parametrize("name", ["auto", "eager", "triton"])
+@pytest.mark.parametrize("name", ["auto", "eager", "triton", "compiled"])
 def test_set_backend_accepts_valid_names(name):
     backend.set_backend(name)
     assert backend.get_backend() == name
@@ -100,7 +100,7 @@ def test_custom_op_module_imports_without_triton_and_registers_ops():
         "print(torch.ops.hf_sparseout.sparseout_bwd.default._schema)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
-    assert "sparseout_fwd(Tensor x, float p, float q, str gradient) -> (Tensor, Tensor)" in out
+    assert "sparseout_fwd(Tensor x, float p, float q, str gradient, Tensor? c=None) -> (Tensor, Tensor)" in out
     assert "sparseout_bwd(Tensor grad, Tensor x, Tensor rng_state" in out
 
 

@@ -28,6 +28,8 @@ MAX_SCALE = 1e4
 CASES = [(torch.float32, q) for q in (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0)] + [
     (dt, q) for dt in (torch.bfloat16, torch.float16) for q in (0.5, 1.5, 3.0)
 ]
+MATCHED_CASES = [(torch.float32, 1.5), (torch.float32, 3.0), (torch.bfloat16, 0.5)]
+MATCHED_C = 0.37
 SPECIALS = {
     torch.float32: [0.0, -0.0, 1e-30, -1e-30, 1e-6, 3e38, -3e38, 1e30, 7.5, -7.5],
     torch.bfloat16: [0.0, -0.0, 1e-30, -1e-30, 1e-6, 3e38, -3e38, 1e30, 7.5, -7.5],
@@ -58,6 +60,14 @@ def worker(path: str) -> None:
         K.sparseout_fwd(x, P, q, SEED, CTR, out=out)
         gis = {gm: K.sparseout_bwd(grad, x, P, q, gm, SEED, CTR, max_scale=MAX_SCALE) for gm in ("reference", "exact")}
         res["cases"][(str(dtype), q)] = {"x": x, "grad": grad, "out": out, **gis}
+    for dtype, q in MATCHED_CASES:  # noise="matched": the scale c is a 0-d tensor read by the kernel
+        x, grad = make_inputs(dtype, q)
+        c = torch.tensor(MATCHED_C)
+        out = K.sparseout_fwd(x, P, q, SEED, CTR, c=c)
+        gis = {
+            gm: K.sparseout_bwd(grad, x, P, q, gm, SEED, CTR, max_scale=MAX_SCALE, c=c) for gm in ("reference", "exact")
+        }
+        res["cases"][("matched", str(dtype), q)] = {"x": x, "grad": grad, "out": out, **gis}
     res["mask"] = K.keep_mask(N, P, SEED, CTR, device="cpu")
     res["mask_tail"] = K.keep_mask(500, P, SEED, CTR, device="cpu", start=N - 500)
     res["mask_ctr8"] = K.keep_mask(N, P, SEED, CTR + 1, device="cpu")
@@ -82,17 +92,18 @@ def interp(tmp_path_factory) -> dict:
 # --- float64 references ---------------------------------------------------------------------------------------
 
 
-def ref_forward(x: torch.Tensor, keep: torch.Tensor, p: float, q: float) -> torch.Tensor:
+def ref_forward(x: torch.Tensor, keep: torch.Tensor, p: float, q: float, c: float = 1.0) -> torch.Tensor:
     xd = x.double()
-    noise = keep.double() / (1 - p) - 1
+    noise = c * (keep.double() / (1 - p) - 1)
     out = xd + torch.sign(xd) * xd.abs().pow(q / 2) * noise  # sign(0) = 0: zeros stay zero, q = 0 included
     fmax = torch.finfo(x.dtype).max
     return out.clamp(-fmax, fmax)
 
 
-def ref_grad(grad, x, keep, p, q, gradient) -> tuple[torch.Tensor, torch.Tensor]:
-    """Reference input gradient and a per-element magnitude bound used for the tolerance."""
+def ref_grad(grad, x, keep, p, q, gradient, c: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference input gradient and a per-element magnitude bound used for the tolerance (c: matched scale)."""
     coef, expo = (1.0, (q - 2) / 2) if gradient == "reference" else (q / 2, q / 2 - 1)
+    coef *= c
     noise = keep.double() / (1 - p) - 1
     # the clamp comes after the coefficient; the exact rule at q = 0 has derivative 1
     scale = (coef * x.double().abs().pow(expo)).clamp(max=MAX_SCALE) if coef else torch.zeros_like(x.double())
@@ -193,6 +204,22 @@ def test_backward_matches_float64(interp, dtype, q, gradient):
     c = interp["cases"][(str(dtype), q)]
     want, mag = ref_grad(c["grad"], c["x"], interp["mask"], P, q, gradient)
     assert_close_scaled(c[gradient], want, mag, dtype)
+
+
+@pytest.mark.parametrize("gradient", ["reference", "exact"])
+@pytest.mark.parametrize("dtype,q", MATCHED_CASES, ids=[f"{str(d)[6:]}-q{q}" for d, q in MATCHED_CASES])
+def test_matched_noise_scale_in_the_kernel(interp, dtype, q, gradient):
+    """c multiplies the noise in forward and the power term (before the clamp) in backward, as the eager op."""
+    c = interp["cases"][("matched", str(dtype), q)]
+    x, keep = c["x"], interp["mask"]
+    mag = x.double().abs() + MATCHED_C * x.double().abs().pow(q / 2) * max(1.0, P / (1 - P))
+    assert_close_scaled(c["out"], ref_forward(x, keep, P, q, MATCHED_C), mag, dtype)
+    want, gmag = ref_grad(c["grad"], x, keep, P, q, gradient, MATCHED_C)
+    assert_close_scaled(c[gradient], want, gmag, dtype)
+    # c is really applied: the raw-noise output differs
+    raw = interp["cases"].get((str(dtype), q))
+    if raw is not None:
+        assert not torch.equal(raw["out"], c["out"])
 
 
 def test_saturation_instead_of_inf(interp):

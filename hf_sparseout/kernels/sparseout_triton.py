@@ -87,10 +87,19 @@ def _rand4(seed, ctr_lo, ctr_hi, pid, SUB: tl.constexpr, N_ROUNDS: tl.constexpr)
 
 
 @triton.jit
-def _noise(r, thresh, noise_keep):
-    """``m / (1 - p) - 1`` from a uint32 draw: ``noise_keep`` where kept, ``-1`` where dropped."""
+def _noise(r, thresh, noise_keep, noise_drop):
+    """``c * (m / (1 - p) - 1)`` from a uint32 draw: ``noise_keep`` where kept, ``noise_drop`` (-c) where dropped."""
     keep = (r >> 8).to(tl.int32) < thresh
-    return tl.where(keep, noise_keep, -1.0)
+    return tl.where(keep, noise_keep, noise_drop)
+
+
+@triton.jit
+def _load_c(c_ptr, HAS_C: tl.constexpr):
+    """The matched-noise scale ``c`` (a 0-d float32 tensor, read on the device: no host sync), or 1."""
+    if HAS_C:
+        return tl.load(c_ptr).to(tl.float32)
+    else:
+        return 1.0
 
 
 @triton.jit
@@ -132,7 +141,7 @@ def _st(ptr, offs, val, rem, MASKED: tl.constexpr):
 
 
 @triton.jit
-def _fwd_one(x, r, thresh, noise_keep, half_q, fmax, KIND: tl.constexpr):
+def _fwd_one(x, r, thresh, noise_keep, noise_drop, half_q, fmax, KIND: tl.constexpr):
     xf = x.to(tl.float32)
     mag = _abs_pow(tl.abs(xf), half_q, KIND)
     # copysign(mag, x): the sign bit of x on |x| ** (q/2) (so -0.0 keeps its sign, as torch.copysign).
@@ -140,7 +149,7 @@ def _fwd_one(x, r, thresh, noise_keep, half_q, fmax, KIND: tl.constexpr):
     signed = (mag.to(tl.uint32, bitcast=True) | sgn).to(tl.float32, bitcast=True)
     if KIND == 0:  # q = 0: |x| ** 0 = 1, but sign(0) = 0, so a zero input stays zero (as the eager op)
         signed = tl.where(xf == 0.0, 0.0, signed)
-    return _saturate(xf + signed * _noise(r, thresh, noise_keep), fmax)
+    return _saturate(xf + signed * _noise(r, thresh, noise_keep, noise_drop), fmax)
 
 
 @triton.jit
@@ -154,6 +163,7 @@ def _fwd_block(
     r3,
     thresh,
     noise_keep,
+    noise_drop,
     half_q,
     fmax,
     KIND: tl.constexpr,
@@ -165,10 +175,10 @@ def _fwd_block(
     x1 = _ld(xb, t + SUB, rem, MASKED)
     x2 = _ld(xb, t + 2 * SUB, rem, MASKED)
     x3 = _ld(xb, t + 3 * SUB, rem, MASKED)
-    _st(ob, t, _fwd_one(x0, r0, thresh, noise_keep, half_q, fmax, KIND), rem, MASKED)
-    _st(ob, t + SUB, _fwd_one(x1, r1, thresh, noise_keep, half_q, fmax, KIND), rem, MASKED)
-    _st(ob, t + 2 * SUB, _fwd_one(x2, r2, thresh, noise_keep, half_q, fmax, KIND), rem, MASKED)
-    _st(ob, t + 3 * SUB, _fwd_one(x3, r3, thresh, noise_keep, half_q, fmax, KIND), rem, MASKED)
+    _st(ob, t, _fwd_one(x0, r0, thresh, noise_keep, noise_drop, half_q, fmax, KIND), rem, MASKED)
+    _st(ob, t + SUB, _fwd_one(x1, r1, thresh, noise_keep, noise_drop, half_q, fmax, KIND), rem, MASKED)
+    _st(ob, t + 2 * SUB, _fwd_one(x2, r2, thresh, noise_keep, noise_drop, half_q, fmax, KIND), rem, MASKED)
+    _st(ob, t + 3 * SUB, _fwd_one(x3, r3, thresh, noise_keep, noise_drop, half_q, fmax, KIND), rem, MASKED)
 
 
 @triton.jit(do_not_specialize=["seed", "ctr_lo", "ctr_hi", "thresh"])
@@ -183,6 +193,8 @@ def _sparseout_fwd_kernel(
     noise_keep,
     half_q,
     fmax,
+    c_ptr,
+    HAS_C: tl.constexpr,
     KIND: tl.constexpr,
     SUB: tl.constexpr,
     N_ROUNDS: tl.constexpr,
@@ -193,11 +205,14 @@ def _sparseout_fwd_kernel(
     rem = n - base
     xb = x_ptr + base
     ob = out_ptr + base
+    cs = _load_c(c_ptr, HAS_C)
+    nk = noise_keep * cs
+    nd = -1.0 * cs
     if rem >= 4 * SUB:
-        _fwd_block(xb, ob, 4 * SUB, r0, r1, r2, r3, thresh, noise_keep, half_q, fmax, KIND, SUB, False)
+        _fwd_block(xb, ob, 4 * SUB, r0, r1, r2, r3, thresh, nk, nd, half_q, fmax, KIND, SUB, False)
     else:
         rem32 = rem.to(tl.int32)
-        _fwd_block(xb, ob, rem32, r0, r1, r2, r3, thresh, noise_keep, half_q, fmax, KIND, SUB, True)
+        _fwd_block(xb, ob, rem32, r0, r1, r2, r3, thresh, nk, nd, half_q, fmax, KIND, SUB, True)
 
 
 @triton.jit
@@ -205,7 +220,7 @@ def _bwd_one(g, x, r, thresh, noise_keep, coef, expo, max_scale, fmax, KIND: tl.
     scale = _abs_pow(tl.abs(x.to(tl.float32)), expo, KIND)
     # clamp after the coefficient (q / 2 > 1 for q > 2), as the eager op: |factor| <= 1 + max_scale * |noise|
     scale = tl.minimum(scale * coef, max_scale, propagate_nan=tl.PropagateNan.ALL)
-    factor = scale * _noise(r, thresh, noise_keep) + 1.0
+    factor = scale * _noise(r, thresh, noise_keep, -1.0) + 1.0
     return _saturate(factor * g.to(tl.float32), fmax)
 
 
@@ -259,12 +274,15 @@ def _sparseout_bwd_kernel(
     expo,
     max_scale,
     fmax,
+    c_ptr,
+    HAS_C: tl.constexpr,
     KIND: tl.constexpr,
     SUB: tl.constexpr,
     N_ROUNDS: tl.constexpr,
 ):
     pid = tl.program_id(0).to(tl.int64)
     r0, r1, r2, r3 = _rand4(seed, ctr_lo, ctr_hi, pid, SUB, N_ROUNDS)
+    coef = coef * _load_c(c_ptr, HAS_C)  # c scales the power term; the clamp comes after it
     base = pid * (4 * SUB)
     rem = n - base
     gb = g_ptr + base
@@ -325,13 +343,27 @@ def _check_input(x: torch.Tensor) -> torch.Tensor:
     return x.contiguous()
 
 
+def _c_args(c: torch.Tensor | None, x: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """``(c_ptr, HAS_C)``: ``c`` as a 1-element float32 tensor on ``x``'s device, or ``x`` as an unused pointer."""
+    if c is None:
+        return x, False
+    return c.detach().reshape(1).to(device=x.device, dtype=torch.float32), True
+
+
 def sparseout_fwd(
-    x: torch.Tensor, p: float, q: float, seed: int, ctr: int, out: torch.Tensor | None = None
+    x: torch.Tensor,
+    p: float,
+    q: float,
+    seed: int,
+    ctr: int,
+    out: torch.Tensor | None = None,
+    c: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Sparseout forward for the mask ``(seed, ctr)``; returns a contiguous tensor shaped like ``x``.
 
     ``0 < p < 1`` is expected (the op routes ``p`` in {0, 1} elsewhere); ``out`` may be given (contiguous,
-    same shape and dtype) and is then written and returned.
+    same shape and dtype) and is then written and returned. ``c`` (a 0-d tensor, read on the device) scales
+    the noise (``noise="matched"``); ``None`` is 1.
     """
     xc = _check_input(x)
     if out is None:
@@ -341,6 +373,7 @@ def sparseout_fwd(
         return out
     s, lo, hi = _rng_args(seed, ctr)
     half_q = float(q) / 2.0
+    c_ptr, has_c = _c_args(c, xc)
     _sparseout_fwd_kernel[_grid(n)](
         xc,
         out,
@@ -352,6 +385,8 @@ def sparseout_fwd(
         1.0 / (1.0 - float(p)) - 1.0,
         half_q,
         _FINFO_MAX[xc.dtype],
+        c_ptr,
+        HAS_C=has_c,
         KIND=_pow_kind(half_q),
         SUB=SUB,
         N_ROUNDS=N_ROUNDS,
@@ -369,8 +404,12 @@ def sparseout_bwd(
     seed: int,
     ctr: int,
     max_scale: float = _MAX_SCALE_DEFAULT,
+    c: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Input gradient (``grad``'s dtype) for the mask ``(seed, ctr)`` and rule ``"reference"`` or ``"exact"``."""
+    """Input gradient (``grad``'s dtype) for the mask ``(seed, ctr)`` and rule ``"reference"`` or ``"exact"``.
+
+    ``c`` (matched noise) multiplies the power term before the ``max_scale`` clamp, a constant as in the eager op.
+    """
     xc = _check_input(x)
     gc = _check_input(grad)
     if gc.shape != xc.shape:
@@ -388,6 +427,7 @@ def sparseout_bwd(
     else:
         raise ValueError(f"gradient must be 'reference' or 'exact', got {gradient!r}")
     s, lo, hi = _rng_args(seed, ctr)
+    c_ptr, has_c = _c_args(c, xc)
     _sparseout_bwd_kernel[_grid(n)](
         gc,
         xc,
@@ -402,6 +442,8 @@ def sparseout_bwd(
         expo,
         float(max_scale),
         _FINFO_MAX[gc.dtype],
+        c_ptr,
+        HAS_C=has_c,
         KIND=_pow_kind(expo),
         SUB=SUB,
         N_ROUNDS=N_ROUNDS,

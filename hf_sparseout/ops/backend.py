@@ -5,6 +5,11 @@
 * ``"eager"``: always the eager op.
 * ``"triton"``: always the Triton kernel; a ``RuntimeError`` for an input it cannot take (CPU tensor,
   other dtype, triton missing, no CUDA).
+* ``"compiled"``: the eager op's autograd function with its element-wise math (forward, and the gradient
+  product in backward) compiled by ``torch.compile`` (inductor: one fused loop each, where the eager op
+  makes several passes). Same keep mask and RNG use as ``"eager"``; needs a C++ compiler on CPU; the first
+  call for each ``(q, dtype, gradient, noise)`` compiles (seconds). Under an outer ``torch.compile`` the
+  plain eager math is traced instead. See bench/results/op_sparseout_cpu.md for what it buys.
 
 ``q == 2`` and ``p == 1`` go to :func:`torch.nn.functional.dropout` under every backend (native kernel).
 
@@ -23,11 +28,12 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import warnings
 from collections.abc import Callable, Iterator
 
 import torch
 
-BACKENDS: tuple[str, ...] = ("auto", "eager", "triton")
+BACKENDS: tuple[str, ...] = ("auto", "eager", "triton", "compiled")
 TRITON_DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat16, torch.float16)
 
 _backend: str = "auto"
@@ -74,7 +80,7 @@ def use_triton(x: torch.Tensor) -> bool:
     Raises:
         RuntimeError: the backend is ``"triton"`` and ``x`` or the installation cannot use it.
     """
-    if _backend == "eager":
+    if _backend in ("eager", "compiled"):
         return False
     ok = _HAS_TRITON and x.is_cuda and x.dtype in TRITON_DTYPES
     if _backend == "triton" and not ok:
@@ -93,3 +99,54 @@ def fused_sparseout() -> Callable[..., torch.Tensor]:
     from hf_sparseout.kernels.sparseout_op import sparseout_fused
 
     return sparseout_fused
+
+
+_COMPILED: tuple[Callable[..., torch.Tensor], Callable[..., torch.Tensor]] | None = None
+
+
+def _compile_limit_errors() -> tuple[type[Exception], ...]:
+    """Dynamo's recompile-limit errors (looked up on use: importing ``torch._dynamo`` imports triton)."""
+    exc = torch._dynamo.exc
+    return tuple(getattr(exc, name) for name in ("Unsupported", "FailOnRecompileLimitHit") if hasattr(exc, name))
+
+
+class _Compiled:
+    """``torch.compile(fn)`` called on flattened tensors with ``p``, ``q`` specialised (one graph per value).
+
+    Shapes are dynamic (one graph for every size), floats are not: the math branches on ``q`` in Python
+    (sqrt chains), so each ``(p, q)`` gets its own graph instead of a symbolic exponent.
+    """
+
+    RECOMPILE_LIMIT = 64
+    """Graphs per function (one per p, q, dtype, gradient rule, noise mode); past it, the eager math runs."""
+
+    def __init__(self, fn: Callable[..., torch.Tensor]) -> None:
+        self.fn = fn
+        self.compiled = torch.compile(fn, dynamic=True, fullgraph=True)
+
+    def __call__(self, *args: object) -> torch.Tensor:
+        shape = next(a.shape for a in args if isinstance(a, torch.Tensor))
+        flat = [a.reshape(-1) if isinstance(a, torch.Tensor) and a.dim() > 0 else a for a in args]
+        try:
+            with torch._dynamo.config.patch(specialize_float=True, recompile_limit=self.RECOMPILE_LIMIT):
+                return self.compiled(*flat).view(shape)
+        except Exception as err:  # the recompile limit: warn once, then the eager math
+            if not isinstance(err, _compile_limit_errors()):
+                raise
+            if not getattr(self, "_warned", False):
+                msg = f"sparseout 'compiled' backend: running the eager math ({type(err).__name__})"
+                warnings.warn(msg, stacklevel=2)
+                self._warned = True
+            return self.fn(*args)
+
+
+def cpu_math() -> tuple[Callable[..., torch.Tensor], Callable[..., torch.Tensor]]:
+    """``(forward_math, backward_math)`` of the eager autograd function: compiled under ``"compiled"``."""
+    from hf_sparseout.ops.sparseout import backward_math, forward_math
+
+    if _backend != "compiled" or torch.compiler.is_compiling():
+        return forward_math, backward_math
+    global _COMPILED
+    if _COMPILED is None:
+        _COMPILED = (_Compiled(forward_math), _Compiled(backward_math))
+    return _COMPILED

@@ -10,11 +10,12 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from hf_sparseout.ops.sparseout import GRADIENT_MODES, check_args
+from hf_sparseout.ops.sparseout import GRADIENT_MODES, NOISE_MODES, check_args
 from hf_sparseout.version import __version__
 
-CONFIG_FORMAT_VERSION = 1
-"""Bumped when the meaning of a field changes; readers refuse newer formats they cannot read."""
+CONFIG_FORMAT_VERSION = 2
+"""Bumped when the meaning of a field changes; readers refuse newer formats they cannot read.
+2: ``noise`` added (format 1 configurations load with ``noise="raw"``, what they meant)."""
 
 ATTENTION_MODES = ("sparseout", "keep")
 
@@ -38,6 +39,8 @@ class SparseoutConfig:
             a new Sparseout site, for architectures without dropout (e.g. ``["mlp.act_fn"]``).
             Needs ``p > 0``.
         gradient: ``"reference"`` (the authors' backward) or ``"exact"``.
+        noise: ``"raw"`` (the paper's noise, default) or ``"matched"`` (each call's noise scaled by
+            ``c = sqrt(sum(x**2) / sum(|x|**q))``, so its total variance equals dropout's at the same p).
     """
 
     p: float | None = None
@@ -48,13 +51,14 @@ class SparseoutConfig:
     attention: Literal["sparseout", "keep"] = "sparseout"
     insert: list[str] | str | None = None
     gradient: Literal["reference", "exact"] = "reference"
+    noise: Literal["raw", "matched"] = "raw"
 
     def __post_init__(self) -> None:
         self.validate()
 
     def validate(self) -> None:
         """Raise ``ValueError`` with the offending field if the configuration is invalid."""
-        check_args(0.5 if self.p is None else self.p, self.q, self.gradient)
+        check_args(0.5 if self.p is None else self.p, self.q, self.gradient, self.noise)
         if self.attention not in ATTENTION_MODES:
             raise ValueError(f"attention must be one of {ATTENTION_MODES}, got attention={self.attention!r}")
         for name in ("targets", "exclude", "insert"):
@@ -140,4 +144,4 @@ def is_finite_probability(value: Any) -> bool:
     )
 
 
-__all__ = ["ATTENTION_MODES", "CONFIG_FORMAT_VERSION", "GRADIENT_MODES", "SparseoutConfig"]
+__all__ = ["ATTENTION_MODES", "CONFIG_FORMAT_VERSION", "GRADIENT_MODES", "NOISE_MODES", "SparseoutConfig"]

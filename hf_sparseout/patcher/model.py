@@ -8,6 +8,7 @@ from typing import Any
 
 from torch import nn
 
+from hf_sparseout.kernels.attention_op import predicted_path
 from hf_sparseout.layers import Sparseout
 from hf_sparseout.patcher.config import SparseoutConfig
 from hf_sparseout.patcher.patterns import abbreviate, name_matches, select, unmatched
@@ -137,6 +138,11 @@ def _plan(model: nn.Module, config: SparseoutConfig, example_inputs: dict[str, A
     for u in probe.unattributed:
         reason = "its probability is a literal or computed value, not a module attribute: cannot be redirected"
         sites.append(Site(u.name, "unattributed", u.p, u.calls, reason=reason))
+    param = next(model.parameters(), None)
+    for site in sites:
+        if site.kind == "attention" and site.sparseout:
+            device = param.device if param is not None else "cpu"
+            site.path = predicted_path(impl, device, site.q, config.noise)
     report = SiteReport(type(model).__name__, impl, config.to_dict(), sites)
     return _Plan(report, candidates)
 
@@ -208,7 +214,7 @@ def patch(model: nn.Module, config: SparseoutConfig, example_inputs: dict[str, A
     readers: set[str] = set()
     try:
         for site in report.sparseout_sites:
-            module = Sparseout(p=site.new_p, q=site.q, gradient=config.gradient)
+            module = Sparseout(p=site.new_p, q=site.q, gradient=config.gradient, noise=config.noise)
             module.p = SiteP(site.new_p, site.name, module)
             if site.kind == "inserted":
                 target = model.get_submodule(site.name)

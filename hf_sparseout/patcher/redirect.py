@@ -44,11 +44,27 @@ class SiteP(float):
 
 
 def attention_with_site(site: nn.Module, args: tuple, kwargs: dict) -> torch.Tensor:
-    """``scaled_dot_product_attention`` computed explicitly, with ``site`` on the probabilities."""
+    """``scaled_dot_product_attention`` with ``site`` (a Sparseout module) on the probabilities.
+
+    The flash Triton kernel (:mod:`hf_sparseout.kernels.attention_op`) when the call qualifies (CUDA, triton,
+    supported shape and dtype, no hooks on the site); otherwise computed explicitly (scores, softmax, the
+    site's module on the probabilities, matmul). ``site.attention_path`` records the path of the last call.
+    """
     query, key, value = (get_arg(args, kwargs, i, n, None) for i, n in enumerate(("query", "key", "value")))
     attn_mask = get_arg(args, kwargs, 3, "attn_mask", None)
     is_causal = get_arg(args, kwargs, 5, "is_causal", False)
     scale = get_arg(args, kwargs, 6, "scale", None)
+    from hf_sparseout.kernels.attention_op import flash_path_reason, sparseout_attention
+
+    why = "hooks on the site need the probabilities" if site._forward_hooks or site._forward_pre_hooks else None
+    why = why or flash_path_reason(
+        query, key, value, attn_mask, float(site.q), getattr(site, "noise", "raw"), kwargs.get("enable_gqa", False)
+    )
+    site.attention_path = "flash" if why is None else f"explicit: {why}"
+    if why is None:
+        return sparseout_attention(
+            query, key, value, attn_mask, is_causal, scale, float(site.p), float(site.q), site.gradient
+        )
     if kwargs.get("enable_gqa", False) and key.size(-3) != query.size(-3):
         groups = query.size(-3) // key.size(-3)
         key, value = key.repeat_interleave(groups, dim=-3), value.repeat_interleave(groups, dim=-3)

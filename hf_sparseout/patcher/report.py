@@ -25,6 +25,9 @@ class Site:
         calls: applications seen in one training-mode probe forward.
         sparseout: whether the site is (or will be) Sparseout; ``reason`` says why not.
         module: where the site's ``Sparseout`` module lives once patched.
+        path: for patched attention sites, how the probabilities are computed in training: ``flash``
+            (the fused Triton kernel, no N x N matrix), ``explicit`` (SDPA computed explicitly), or
+            ``eager`` (the model's eager attention); ``None`` for other sites.
     """
 
     name: str
@@ -36,6 +39,7 @@ class Site:
     q: float | None = None
     reason: str | None = None
     module: str | None = None
+    path: str | None = None
 
 
 @dataclass
@@ -103,6 +107,9 @@ class SiteReport:
             )
             for s in self.sites
         ]
+        if any(s.path for s in self.sites):  # attention path column, only where there is one to show
+            header = (*header[:-1], "path", header[-1])
+            rows = [(*r[:-1], s.path or "", r[-1]) for r, s in zip(rows, self.sites, strict=True)]
         widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
         lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in [header, *rows]]
         lines.insert(1, "  ".join("-" * w for w in widths))
