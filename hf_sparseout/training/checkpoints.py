@@ -37,15 +37,16 @@ def save_checkpoint(accelerator: Any, directory: Path, state: dict[str, Any], ke
     directory.mkdir(parents=True, exist_ok=True)
     final = directory / f"step-{state['global_step']}"
     tmp = directory / f".tmp-step-{state['global_step']}"
-    if accelerator.is_main_process and tmp.exists():
-        shutil.rmtree(tmp)
+    if accelerator.is_main_process:  # leftovers of an interrupted write or rotation
+        for stale in [tmp, *directory.glob(".trash-step-*")]:
+            shutil.rmtree(stale, ignore_errors=True)
     accelerator.wait_for_everyone()
     try:
         accelerator.save_state(str(tmp))
         if accelerator.is_main_process:
             (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
             if final.exists():
-                shutil.rmtree(final)
+                _remove(final)
             tmp.rename(final)
     except BaseException:
         if accelerator.is_main_process and tmp.exists():
@@ -54,8 +55,17 @@ def save_checkpoint(accelerator: Any, directory: Path, state: dict[str, Any], ke
     accelerator.wait_for_everyone()
     if accelerator.is_main_process and keep is not None:
         for old in list_checkpoints(directory)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+            _remove(old)
     return final
+
+
+def _remove(checkpoint: Path) -> None:
+    """Delete a checkpoint so that no interruption leaves a half-deleted ``step-N``: rename it first
+    (one atomic step, after which it is no longer listed), then delete the renamed directory."""
+    trash = checkpoint.with_name(f".trash-{checkpoint.name}")
+    shutil.rmtree(trash, ignore_errors=True)
+    checkpoint.rename(trash)
+    shutil.rmtree(trash, ignore_errors=True)
 
 
 def resolve_resume(spec: str, directory: Path) -> Path | None:
