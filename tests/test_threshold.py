@@ -85,11 +85,11 @@ def test_hook_zeros_exactly_the_small_inputs_in_eval_only() -> None:
     plain = model(x)
     hidden = model[0](x)
     threshold = float(hidden.detach().abs().median())
-    expected = model[1](torch.where(hidden.abs() < threshold, torch.zeros_like(hidden), hidden))
+    expected = model[1](torch.where(hidden.abs() <= threshold, torch.zeros_like(hidden), hidden))
     hooks = apply_thresholds(model, {"1": threshold})
     torch.testing.assert_close(model(x), expected, rtol=0, atol=0)
     reached = hooks.compute()
-    assert reached["sites"]["1"] == pytest.approx(float((hidden.abs() < threshold).double().mean()))
+    assert reached["sites"]["1"] == pytest.approx(float((hidden.abs() <= threshold).double().mean()))
     model.train()
     torch.testing.assert_close(model(x), plain, rtol=0, atol=0)  # training mode: untouched
     model.eval()
@@ -254,3 +254,23 @@ def test_bad_sites_and_data(tmp_path) -> None:
     with pytest.raises(ThresholdError, match="not an hf-sparseout thresholds file"):
         Calibration.load(tmp_path / "x.json")
     assert not math.isnan(cal.sites["transformer.h.0.mlp.c_fc"].thresholds[0])
+
+
+def test_curve_plot_from_saved_summaries(tmp_path) -> None:
+    from hf_sparseout.metrics.threshold_plot import plot_sparsity_curves
+
+    def summary(ppl: list[float]) -> dict:
+        points = [{"sparsity": s, "metrics": {"perplexity": v}} for s, v in zip([0.0, 0.3, 0.6], ppl, strict=True)]
+        return {"metric": "perplexity", "reference": ppl[0], "points": points, "sparsity_at_1pct": 0.3}
+
+    path = tmp_path / "curve.png"
+    fig = plot_sparsity_curves({"sparseout": summary([10, 10.05, 11]), "baseline": summary([9, 9.5, 10])}, path)
+    assert path.read_bytes()[:4] == b"\x89PNG"
+    ax = fig.axes[0]
+    assert [line.get_label() for line in ax.get_lines() if not line.get_label().startswith("_")] == [
+        "sparseout: 1% at 30.0%",
+        "baseline: 1% at 30.0%",
+    ]
+    assert len(ax.patches) == 2  # one 1 % band per run
+    with pytest.raises(ValueError, match="empty"):
+        plot_sparsity_curves({})
