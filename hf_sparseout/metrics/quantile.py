@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 DEFAULT_MAX_SAMPLES: int = 2**20
@@ -50,7 +51,7 @@ class MagnitudeSample:
         """Add a 1-d tensor of magnitudes (any device/float dtype); kept with probability ``rate``."""
         values = values.detach().reshape(-1).to("cpu", torch.float32)
         self.seen += values.numel()
-        self.zeros += int((values == 0).sum())
+        self.zeros += values.numel() - int(torch.count_nonzero(values))
         if self.rate < 1.0:
             values = values[torch.rand(values.numel(), generator=self._generator) < self.rate]
         self._chunks.append(values)
@@ -75,19 +76,23 @@ class MagnitudeSample:
         ``(k+1)``-th smallest values, ``k = round(t * n)``: exactly ``k`` values lie below it when
         they are distinct (ties, e.g. exact zeros, can only put fewer below).
         """
-        s = self.sorted()
-        n = s.numel()
+        n = self._held
         if n == 0:
             raise ValueError("no values were sampled")
+        held = torch.cat(self._chunks).numpy()
+        self._chunks = [torch.from_numpy(held)]
+        ks = [min(round(t * n), n) if t > 0 else 0 for t in fractions]
+        # One multi-kth introselect (numpy.partition) gives every order statistic needed: O(n), no full sort.
+        needed = sorted({i for k in ks if 0 < k < n for i in (k - 1, k)} | ({n - 1} if n in ks else set()))
+        part = np.partition(held, needed) if needed else held
         out = []
-        for t in fractions:
-            k = min(round(t * n), n)
-            if t == 0 or k == 0:
+        for k in ks:
+            if k == 0:
                 out.append(0.0)
             elif k >= n:
-                out.append(math.nextafter(float(s[-1]), math.inf))
+                out.append(math.nextafter(float(part[n - 1]), math.inf))
             else:
-                out.append(float((s[k - 1].double() + s[k].double()) / 2))
+                out.append((float(part[k - 1]) + float(part[k])) / 2)
         return out
 
     def error_bound(self, alpha: float = 1e-3) -> float:
