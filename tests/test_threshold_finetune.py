@@ -80,3 +80,28 @@ def test_sweep_aggregates_the_headline_over_seeds():
     assert rows[1.5]["sparsity_at_1pct_std"] == pytest.approx(0.0707107, rel=1e-5)
     assert rows[1.5]["sparsity_at_5pct_mean"] == 0.5 and rows[1.5]["sparsity_at_5pct_std"] is None
     assert rows[2.0]["sparsity_at_1pct_mean"] is None
+
+
+def test_sweep_passes_the_curve_to_every_run_and_reports_mean_std(tmp_path):
+    from accelerate.state import AcceleratorState
+    from typer.testing import CliRunner
+
+    from hf_sparseout_cli.main import app
+
+    data = write_text_corpus(tmp_path / "txt")
+    out = tmp_path / "sweep"
+    args = ["sweep", "--q", "1.5", "--seeds", "2", "--no-baseline", "--dataset", str(data), *TINY, *CURVE]
+    try:
+        result = CliRunner().invoke(app, [*args, "--output-dir", str(out)])
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+    assert result.exit_code == 0, result.output[-3000:]
+    values = []
+    for seed_dir in sorted((out / "q1.5").iterdir()):
+        (row,) = json.loads((seed_dir / "metrics.json").read_text())["summary"]
+        assert (seed_dir / "thresholds.json").is_file()
+        values.append(row["sparsity_at_1pct"])
+    assert len(values) == 2 and all(v is not None for v in values)
+    (summary,) = json.loads((out / "sweep.json").read_text())["summary"]
+    assert summary["sparsity_at_1pct_mean"] == pytest.approx(sum(values) / 2)
+    assert "## Deployable sparsity" in (out / "sweep.md").read_text()
