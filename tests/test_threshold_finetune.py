@@ -105,3 +105,27 @@ def test_sweep_passes_the_curve_to_every_run_and_reports_mean_std(tmp_path):
     (summary,) = json.loads((out / "sweep.json").read_text())["summary"]
     assert summary["sparsity_at_1pct_mean"] == pytest.approx(sum(values) / 2)
     assert "## Deployable sparsity" in (out / "sweep.md").read_text()
+
+
+def test_two_processes_give_the_one_process_curve(tmp_path):
+    """Under `accelerate launch` (2 CPU processes, gloo) every curve point equals the 1-process run's.
+
+    7 eval blocks in batches of 2: the last batch is uneven, so accelerate's duplicated samples must be
+    left out of the reached-sparsity counts as they are of the perplexity.
+    """
+    from test_finetune_multiprocess import LAUNCH, SINGLE, _run
+
+    data = write_text_corpus(tmp_path / "txt")
+    common = ["--dataset", str(data), *FAST, "--max-eval-samples", "7", "--batch-size", "2", "--max-steps", "0"]
+    one = _run(SINGLE, tmp_path / "one", *common, *CURVE)
+    two = _run(LAUNCH, tmp_path / "two", *common, *CURVE)
+    assert (one["num_processes"], two["num_processes"]) == (1, 2)
+    c1, c2 = one["runs"]["sparseout"]["sparsity_curve"], two["runs"]["sparseout"]["sparsity_curve"]
+    assert len(c1["points"]) == len(c2["points"]) == 3
+    for p1, p2 in zip(c1["points"], c2["points"], strict=True):
+        assert p1["metrics"]["perplexity"] == pytest.approx(p2["metrics"]["perplexity"], rel=1e-6)
+        assert p1["sparsity"] == pytest.approx(p2["sparsity"], rel=1e-6, abs=1e-9)
+        assert p1["sites"] == pytest.approx(p2["sites"], rel=1e-6, abs=1e-9)
+    t1 = Calibration.load(tmp_path / "one" / "thresholds.json")
+    t2 = Calibration.load(tmp_path / "two" / "thresholds.json")
+    assert t1.at(0.6) == pytest.approx(t2.at(0.6), rel=1e-6)
