@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from hf_sparseout.training.args import FinetuneArgs
 
 DATA, MODEL, SPARSE, TRAIN, OUT = "Task and data", "Model", "Sparseout", "Training", "Output"
+CURVE = "Deployable sparsity"
 
 
 class Task(str, Enum):
@@ -69,6 +70,8 @@ def args_from_params(params: Mapping[str, Any]) -> FinetuneArgs:
         values[f.name] = value.value if isinstance(value, Enum) else value
     for name in ("targets", "exclude", "insert"):
         values[name] = split_patterns(list(values[name]) if values[name] else None)
+    sites = split_patterns(list(values["sparsity_sites"]) if values["sparsity_sites"] else None)
+    values["sparsity_sites"] = [sites] if isinstance(sites, str) else sites
     values["report_to"] = list(values["report_to"] or ["none"])
     return FinetuneArgs(**values)
 
@@ -227,6 +230,34 @@ def finetune(
     ] = False,
     hub_model_id: Annotated[
         str | None, typer.Option(help="Repository id for --push-to-hub.", rich_help_panel=OUT)
+    ] = None,
+    sparsity_curve: Annotated[
+        bool,
+        typer.Option(
+            "--sparsity-curve",
+            help="At the final evaluation of every run, zero the smallest activations entering each weight "
+            "matrix (magnitude thresholds calibrated on 8 training batches) at each target sparsity and report "
+            "the metric against the sparsity reached; metrics.json gets sparsity_at_1pct / sparsity_at_5pct "
+            "(largest sparsity within +1 % / +5 % perplexity, or 1 / 5 accuracy points, interpolated). "
+            "Costs one calibration pass and one eval pass per target.",
+            rich_help_panel=CURVE,
+        ),
+    ] = False,
+    sparsity_targets: Annotated[
+        str | None,
+        typer.Option(
+            help="Target sparsities for --sparsity-curve, comma-separated, in [0, 1). Default: 0,0.1,...,0.7.",
+            rich_help_panel=CURVE,
+        ),
+    ] = None,
+    sparsity_sites: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Modules whose input is thresholded (names, dotted suffixes or 're:<regex>'; repeat or "
+            "comma-separate), or 'teal' (adds the attention output projection) or 'sparseout' (the Sparseout "
+            "sites). Default: attention and MLP input projections and the MLP down-projection of the family.",
+            rich_help_panel=CURVE,
+        ),
     ] = None,
     fmt: Annotated[
         OutputFormat,

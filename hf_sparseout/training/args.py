@@ -70,6 +70,10 @@ class FinetuneArgs:
     report_to: list[str] = field(default_factory=lambda: ["none"])
     push_to_hub: bool = False
     hub_model_id: str | None = None
+    # deployable sparsity (magnitude thresholding at the final evaluation)
+    sparsity_curve: bool = False
+    sparsity_targets: list[float] | str | None = None
+    sparsity_sites: list[str] | None = None
 
     def validate(self) -> None:
         """Raise :class:`UsageError` for values no run could use."""
@@ -121,6 +125,34 @@ class FinetuneArgs:
             raise UsageError("--text-pair-column is for --task classification")
         if self.label_column and self.task == "causal-lm":
             raise UsageError("--label-column is for --task classification")
+        self._validate_sparsity_curve()
+
+    def _validate_sparsity_curve(self) -> None:
+        """``--sparsity-targets`` parsed to floats in [0, 1); targets or sites without the curve are errors."""
+        if not self.sparsity_curve and (self.sparsity_targets is not None or self.sparsity_sites):
+            raise UsageError(
+                "--sparsity-targets and --sparsity-sites are only used with --sparsity-curve",
+                "add --sparsity-curve, or drop them",
+            )
+        if isinstance(self.sparsity_targets, str):
+            pieces = [t.strip() for t in self.sparsity_targets.split(",") if t.strip()]
+            try:
+                self.sparsity_targets = [float(t) for t in pieces]
+            except ValueError as err:
+                raise UsageError(
+                    f"--sparsity-targets must be comma-separated numbers, got {self.sparsity_targets!r}",
+                    "e.g. --sparsity-targets 0,0.1,0.2,0.3,0.4,0.5,0.6,0.7",
+                ) from err
+        if self.sparsity_targets is not None:
+            from hf_sparseout.metrics.threshold import ThresholdError, check_targets
+
+            try:
+                self.sparsity_targets = check_targets(self.sparsity_targets)
+            except ThresholdError as err:
+                raise UsageError(
+                    f"--sparsity-targets: target sparsities must be in [0, 1), got {self.sparsity_targets}",
+                    "give fractions, e.g. --sparsity-targets 0,0.1,0.2,0.3,0.4,0.5,0.6,0.7",
+                ) from err
 
     @property
     def offline_default(self) -> bool:

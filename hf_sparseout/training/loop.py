@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 
 import hf_sparseout
 from hf_sparseout.logs import get_logger
-from hf_sparseout.training import checkpoints
+from hf_sparseout.training import checkpoints, threshold_curve
 from hf_sparseout.training.args import FinetuneArgs, UsageError
 from hf_sparseout.training.evaluation import evaluate
 from hf_sparseout.training.modeling import check_input_length, enable_checkpointing
@@ -43,6 +43,8 @@ class RunResult:
     throughput_unit: str = "tokens/s"
     peak_memory_mb: float | None = None
     model: Any = None
+    curve: Any = None
+    """The final evaluation's ``SparsityCurve`` (``--sparsity-curve``), else None."""
 
     @property
     def final(self) -> dict[str, Any]:
@@ -127,6 +129,7 @@ def run(
         report = hf_sparseout.patch(model, sparseout_config(args, q))
     except ValueError as err:  # a pattern that matches nothing in this model, nothing to patch, ...
         raise UsageError(str(err), "run hf-sparseout inspect on the model to see its sites") from err
+    threshold_curve.check_sites(model, args)  # --sparsity-sites must match before any training
     generator = torch.Generator().manual_seed(args.seed)
     train_dl = DataLoader(train_set, batch_size=args.batch_size, shuffle=True, collate_fn=collate, generator=generator)
     eval_dl = DataLoader(eval_set, batch_size=args.batch_size, shuffle=False, collate_fn=collate)
@@ -239,6 +242,15 @@ def run(
     if torch.cuda.is_available():
         result.peak_memory_mb = torch.cuda.max_memory_allocated() / 2**20
     do_eval()
+    if args.sparsity_curve:
+        reference = {k: v for k, v in result.final.items() if isinstance(v, float)}
+        curve = threshold_curve.final_curve(
+            model, accelerator, eval_dl, train_set, collate, args, task, num_labels, reference
+        )
+        result.curve = curve
+        result.evals[-1].update(sparsity_at_1pct=curve.sparsity_at_1pct, sparsity_at_5pct=curve.sparsity_at_5pct)
+        shown = ", ".join(f"{p.target:g}: {p.sparsity:.3f} -> {p.metrics[curve.metric]:.4g}" for p in curve.points)
+        logger.info(f"[{name}] sparsity curve (target: reached -> {curve.metric}): {shown}")
     return result
 
 

@@ -15,6 +15,8 @@ PLOTS = {
     "eval_metric": "eval_metric.png",
     "per_site_hoyer": "sparsity_per_site.png",
 }
+CURVE_PLOT = "sparsity_curve.png"
+CURVE_KEYS = ("sparsity_at_1pct", "sparsity_at_5pct")
 
 
 def headline(task: str) -> tuple[str, str]:
@@ -41,6 +43,7 @@ def summary_rows(results: list[RunResult], task: str) -> list[dict[str, Any]]:
                 "steps": r.global_step,
                 r.throughput_unit: int(r.throughput),
                 "peak_memory_mb": r.peak_memory_mb,
+                **({k: final.get(k) for k in CURVE_KEYS} if r.curve is not None else {}),
             }
         )
     return rows
@@ -75,6 +78,7 @@ def write_metrics(
                 "throughput": r.throughput,
                 "throughput_unit": r.throughput_unit,
                 "peak_memory_mb": r.peak_memory_mb,
+                **({"sparsity_curve": r.curve.to_dict()} if r.curve is not None else {}),
             }
             for r in results
         },
@@ -125,7 +129,50 @@ def write_plots(out: Path, results: list[RunResult], task: str) -> dict[str, str
     fig.tight_layout()
     fig.savefig(out / PLOTS["per_site_hoyer"], dpi=120)
     plt.close(fig)
-    return dict(PLOTS)
+    written = dict(PLOTS)
+    curves = {f"{r.name} (q={r.q:g})": r.curve for r in results if r.curve is not None}
+    if curves:
+        from hf_sparseout.metrics.threshold_plot import plot_sparsity_curves
+
+        plot_sparsity_curves(curves, out / CURVE_PLOT)
+        written["sparsity_curve"] = CURVE_PLOT
+    return written
+
+
+def _curve_lines(results: list[RunResult], cell: Any) -> list[str]:
+    """report.md's section on the sparsity-quality curve (``--sparsity-curve``)."""
+    runs = [r for r in results if r.curve is not None]
+    if not runs:
+        return []
+    metric = runs[0].curve.metric
+    rule = "+1 % / +5 % perplexity" if metric == "perplexity" else "-1 / -5 accuracy points"
+    lines = [
+        "",
+        "## Deployable sparsity (magnitude thresholding at the final evaluation)",
+        "",
+        "Per site (the inputs of the weight matrices), the activations with the smallest |x| are zeroed at eval "
+        "with thresholds calibrated on the first training batches; sparsity is the fraction of site inputs zeroed, "
+        f"averaged with the weight matrices' parameter counts as weights (TEAL's definition). sparsity at {rule}: "
+        "the largest sparsity reached within that loss of the unthresholded model, linearly interpolated between "
+        "measured targets (a lower bound, marked >=, when no target left the tolerance).",
+        "",
+        "| run | sparsity at 1% | sparsity at 5% |",
+        "|---|---|---|",
+    ]
+    for r in runs:
+        marks = [">= " if not r.curve.bounded(t) else "" for t in (0.01, 0.05)]
+        values = [r.curve.sparsity_at(t) for t in (0.01, 0.05)]
+        lines.append(f"| {r.name} | " + " | ".join(m + cell(v) for m, v in zip(marks, values, strict=True)) + " |")
+    header = " | ".join(f"{r.name}: sparsity, {metric}" for r in runs)
+    lines += ["", f"| target | {header} |", "|---|" + "---|" * len(runs)]
+    for i, point in enumerate(runs[0].curve.points):
+        cells = []
+        for r in runs:
+            p = r.curve.points[i] if i < len(r.curve.points) else None
+            cells.append("" if p is None else f"{p.sparsity:.3f}, {cell(p.metrics.get(metric))}")
+        lines.append(f"| {point.target:g} | " + " | ".join(cells) + " |")
+    lines += ["", f"![sparsity curve]({CURVE_PLOT})", "", "Thresholds: `thresholds.json` beside each model."]
+    return lines
 
 
 def write_report(out: Path, args: FinetuneArgs, results: list[RunResult], task: str, data_source: str) -> Path:
@@ -155,6 +202,7 @@ def write_report(out: Path, args: FinetuneArgs, results: list[RunResult], task: 
                 f"{len(unmeasured)} of {len(sites) + len(unmeasured)} Sparseout sites are attention probabilities: "
                 "models pass dropout 0 to attention in eval, so an eval pass never reaches them (not measured).",
             ]
+    lines += _curve_lines(results, cell)
     lines += ["", *(f"![{name}]({file})" for name, file in PLOTS.items()), ""]
     lines += ["## Options", "", "```json", args.to_json(), "```", ""]
     path = out / "report.md"

@@ -15,6 +15,7 @@ from hf_sparseout.training.args import FinetuneArgs, UsageError
 from hf_sparseout.training.data import infer_task, load_raw, pick_splits, prepare, text_column
 from hf_sparseout.training.loop import RunResult, run, save_final, sparseout_config
 from hf_sparseout.training.modeling import build_model, default_model, load_tokenizer, train_tokenizer
+from hf_sparseout.training.threshold_curve import save_thresholds
 
 logger = get_logger(__name__)
 
@@ -225,6 +226,9 @@ def finetune(args: FinetuneArgs, end_training: bool = True) -> FinetuneOutcome:
         save_final(results[1], accelerator, tokenizer, out / "baseline")
     files: dict[str, str] = {}
     if accelerator.is_main_process:
+        for result, directory in zip(results, (out, out / "baseline"), strict=False):
+            if result.curve is not None:  # thresholds saved with the model they were calibrated on
+                files[f"thresholds_{result.name}"] = str(save_thresholds(result.curve, directory))
         files["metrics"] = str(reporting.write_metrics(out, args, results, task, source, accelerator.num_processes))
         files.update({k: str(out / v) for k, v in reporting.write_plots(out, results, task).items()})
         files["report"] = str(reporting.write_report(out, args, results, task, source))

@@ -212,6 +212,8 @@ def _read_record(root: Path, point: GridPoint, status: str) -> tuple[str, dict[s
         "eval_loss": row.get("eval_loss"),
         "hoyer": row.get("hoyer"),
         "steps": row.get("steps"),
+        "sparsity_at_1pct": row.get("sparsity_at_1pct"),
+        "sparsity_at_5pct": row.get("sparsity_at_5pct"),
     }
     run = data.get("runs", {}).get("sparseout", {})
     record["throughput"] = run.get("throughput")

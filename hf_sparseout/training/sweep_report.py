@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from hf_sparseout.training.reporting import headline
+from hf_sparseout.training.reporting import CURVE_KEYS, headline
 
 BASELINE_Q = 2.0
 FILES = {"json": "sweep.json", "markdown": "sweep.md", "plot": "sweep.png", "site_plot": "sweep_sites.png"}
@@ -58,7 +58,7 @@ def aggregate(records: Iterable[Mapping[str, Any]], metric: str) -> list[dict[st
             "n": len(group),
             "seeds": sorted(r["seed"] for r in group),
         }
-        for key in (metric, "hoyer", "eval_loss", "throughput"):
+        for key in (metric, "hoyer", "eval_loss", "throughput", *CURVE_KEYS):
             mean, std = _stats([float(r[key]) for r in group if r.get(key) is not None])
             row[f"{key}_mean"], row[f"{key}_std"] = mean, std
         units = {r["throughput_unit"] for r in group if r.get("throughput_unit")}
@@ -117,6 +117,31 @@ def _site_tables(result: Any) -> list[str]:
     return lines
 
 
+def _curve_lines(result: Any) -> list[str]:
+    """Deployable sparsity per (p, q) when the runs had ``--sparsity-curve``: mean ± std over seeds."""
+    if not any(r.get("sparsity_at_1pct_mean") is not None for r in result.summary):
+        return []
+    with_p = any(r["p"] is not None for r in result.summary)
+    rule = "+1 % / +5 % perplexity" if result.metric == "perplexity" else "-1 / -5 accuracy points"
+    lines = [
+        "",
+        "## Deployable sparsity (magnitude thresholding, `--sparsity-curve`)",
+        "",
+        f"Largest fraction of weight-matrix inputs zeroed by calibrated magnitude thresholds within {rule} of the "
+        "run's own unthresholded model (parameter-weighted, interpolated between targets; see each run's report.md). "
+        "Mean ± std over seeds.",
+        "",
+        ("| p " if with_p else "") + "| q | n | sparsity at 1% | sparsity at 5% | hoyer |",
+        ("|---" if with_p else "") + "|---|---|---|---|---|",
+    ]
+    for r in result.summary:
+        q = f"{r['q']:g}" + (" (dropout baseline)" if r["baseline"] else "")
+        cells = ([_p_label(r["p"])] if with_p else []) + [q, str(r["n"])]
+        cells += [format_mean_std(r.get(f"{k}_mean"), r.get(f"{k}_std")) for k in (*CURVE_KEYS, "hoyer")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
 def write_markdown(path: Path, result: Any, options: Mapping[str, Any]) -> Path:
     """``sweep.md``: per-(p, q) table, per-site Hoyer, every run, the plots and the shared options."""
     m = result.metric
@@ -143,6 +168,7 @@ def write_markdown(path: Path, result: Any, options: Mapping[str, Any]) -> Path:
         cells.append("" if thr is None else f"{thr:.0f}")
         cells.append(format_mean_std(r.get("time_vs_dropout_mean"), r.get("time_vs_dropout_std")))
         lines.append("| " + " | ".join(cells) + " |")
+    lines += _curve_lines(result)
     lines += ["", f"![sweep]({FILES['plot']})"]
     site_lines = _site_tables(result)
     if site_lines:
