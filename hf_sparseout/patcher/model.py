@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,7 +20,20 @@ STATE_ATTR = "_hf_sparseout_state"
 CONFIG_KEY = "sparseout"
 """The key under which a patched model's ``config`` (and so its config.json) records the patch."""
 SUPPORTED_ATTENTION = (None, "eager", "sdpa")
-_MISSING = object()
+
+
+class _Missing(enum.Enum):
+    """The undo log's "there was no attribute" marker.
+
+    An enum member, so ``copy.deepcopy``, ``pickle`` and ``torch.save`` of a patched model keep it
+    the same object (a plain ``object()`` would be copied, and ``unpatch`` on the copy would set
+    attributes to the copy instead of deleting them).
+    """
+
+    MISSING = "missing"
+
+
+_MISSING = _Missing.MISSING
 
 
 @dataclass
