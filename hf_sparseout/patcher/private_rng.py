@@ -9,7 +9,8 @@ instead :class:`PrivateRandomMode`, a thread-local ``TorchFunctionMode``:
   (``F.dropout``, ``torch.dropout``, channel and alpha dropout), and SDPA runs with ``dropout_p=0``;
 - sends every other random draw (``torch.rand``/``randn``/``randint``/``randperm``/``bernoulli``/
   ``multinomial``/``normal``/``poisson``, the ``*_like`` factories, ``Tensor.uniform_`` and the other
-  in-place samplers) that has no generator of its own to a private ``torch.Generator`` per device,
+  in-place samplers, the ``torch.nn.init`` functions) that has no generator of its own to a private
+  ``torch.Generator`` per device,
   seeded with a constant, so the pass is also the same on every call.
 
 Draws outside torch (Python's ``random``, NumPy) cannot be intercepted this way; transformers uses
@@ -47,7 +48,21 @@ _TENSOR_METHODS = {
         "multinomial",
     )
 }
-RANDOM_FUNCS = frozenset(_FACTORIES | _LIKE | _FROM_INPUT | _TENSOR_METHODS)
+_INIT = {
+    getattr(torch.nn.init, name)
+    for name in (
+        "uniform_",
+        "normal_",
+        "trunc_normal_",
+        "xavier_uniform_",
+        "xavier_normal_",
+        "kaiming_uniform_",
+        "kaiming_normal_",
+        "orthogonal_",
+        "sparse_",
+    )
+}  # a module built inside a forward (BigBird) initialises its weights
+RANDOM_FUNCS = frozenset(_FACTORIES | _LIKE | _FROM_INPUT | _TENSOR_METHODS | _INIT)
 """Every torch sampling function this mode redirects to a private generator."""
 
 

@@ -99,6 +99,16 @@ class _ProbeP(float):
         obj.cand = cand
         return obj
 
+    # A model that copies its config or a module during the forward (SwitchTransformers) keeps the marker.
+    def __reduce__(self) -> tuple:
+        return (_ProbeP, (float(self), self.cand))
+
+    def __copy__(self) -> _ProbeP:
+        return self
+
+    def __deepcopy__(self, memo: dict) -> _ProbeP:
+        return self
+
 
 def _is_attention_module(module: nn.Module) -> bool:
     name = type(module).__name__.lower()
