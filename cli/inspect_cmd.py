@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Annotated
 
 import typer
@@ -59,12 +60,25 @@ def inspect(
     fmt: Annotated[
         ReportFormat, typer.Option("--format", help="table or json.", case_sensitive=False)
     ] = ReportFormat.table,
+    verify: Annotated[
+        bool,
+        typer.Option(
+            "--verify",
+            help="Also patch the loaded copy and count, in one training-mode forward, which dropouts reach torch "
+            "as Sparseout and which as plain dropout (hf_sparseout.verify); exit 1 if any stays plain or the "
+            "report disagrees.",
+        ),
+    ] = False,
 ) -> None:
     """List every dropout site of MODEL and what the patch would do to it (nothing is modified).
+
+    With --verify, the loaded copy is patched and checked (MODEL on disk is never modified).
 
     Examples:
 
       hf-sparseout inspect ../shared/models/tiny-gpt2
+
+      hf-sparseout inspect ../shared/models/tiny-gpt2 --verify
 
       hf-sparseout inspect ./my-bert --q 1.0 --exclude embeddings.dropout --attention keep --format json
 
@@ -80,9 +94,18 @@ def inspect(
         except (ModelNotAvailableError, ValueError) as err:
             raise CliError(str(err), "MODEL is a local directory or a Hub id; offline, use a local path") from err
         try:
-            report = hf_sparseout.inspect(loaded, config)
+            report = (hf_sparseout.patch if verify else hf_sparseout.inspect)(loaded, config)
         except ValueError as err:
             raise CliError(str(err), "adjust --targets/--exclude/--insert to the names listed") from err
     except CliError as err:
         fail(err)
-    typer.echo(report.to_json() if fmt is ReportFormat.json else report.to_table())
+    if not verify:
+        typer.echo(report.to_json() if fmt is ReportFormat.json else report.to_table())
+        return
+    checked = hf_sparseout.verify(loaded)
+    if fmt is ReportFormat.json:
+        typer.echo(json.dumps({"report": report.to_dict(), "verify": checked.to_dict()}, indent=2))
+    else:
+        typer.echo(f"{report.to_table()}\n\n{checked.to_table()}")
+    if not checked.ok:
+        raise typer.Exit(code=1)

@@ -13,7 +13,18 @@ from hf_sparseout.hub import (
 from hf_sparseout.layers import Sparseout
 from hf_sparseout.metrics import SparsityMonitor, hoyer, plot_sparsity
 from hf_sparseout.ops.sparseout import MAX_SCALE, sparseout
-from hf_sparseout.patcher import Site, SiteReport, SparseoutConfig, get_report, inspect, is_patched, patch, unpatch
+from hf_sparseout.patcher import (
+    Site,
+    SiteReport,
+    SparseoutConfig,
+    VerifyReport,
+    get_report,
+    inspect,
+    is_patched,
+    patch,
+    unpatch,
+    verify,
+)
 from hf_sparseout.version import __version__
 
 
@@ -38,6 +49,7 @@ __all__ = [
     "SparseoutConfig",
     "SparsityCallback",
     "SparsityMonitor",
+    "VerifyReport",
     "__version__",
     "from_pretrained",
     "get_report",
@@ -51,5 +63,6 @@ __all__ = [
     "save_pretrained",
     "sparseout",
     "unpatch",
+    "verify",
     "write_model_card",
 ]

@@ -7,6 +7,9 @@ SDPA), and every Sparseout module application with ``p > 0``.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
@@ -28,21 +31,41 @@ def _get(args, kwargs, i, name, default):
     return kwargs[name] if name in kwargs else (args[i] if len(args) > i else default)
 
 
+_TORCH_DIR = str(Path(torch.__file__).parent)
+
+
+def _caller() -> tuple[str, int]:
+    """The first frame outside torch and this file: the line of model code that called the dropout."""
+    frame = sys._getframe(2)
+    while frame is not None and (
+        frame.f_code.co_filename.startswith(_TORCH_DIR) or frame.f_code.co_filename == __file__
+    ):
+        frame = frame.f_back
+    return (frame.f_code.co_filename, frame.f_lineno) if frame is not None else ("?", 0)
+
+
 class PlainDropoutCounter(TorchFunctionMode):
-    """Counts plain dropout applications with p > 0 (thread-local, like every torch function mode)."""
+    """Counts plain dropout applications with p > 0 (thread-local, like every torch function mode).
+
+    ``places``: the distinct source lines (file, line) that made them.
+    """
 
     def __init__(self) -> None:
         super().__init__()
         self.count = 0
+        self.places: set[tuple[str, int]] = set()
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        applied = False
         if func in _DROPOUTS:
             i, name, j, tname = _DROPOUTS[func]
-            if float(_get(args, kwargs, i, name, 0.5)) > 0 and _get(args, kwargs, j, tname, True):
-                self.count += 1
-        elif func is F.scaled_dot_product_attention and float(_get(args, kwargs, 4, "dropout_p", 0.0)) > 0:
+            applied = float(_get(args, kwargs, i, name, 0.5)) > 0 and bool(_get(args, kwargs, j, tname, True))
+        elif func is F.scaled_dot_product_attention:
+            applied = float(_get(args, kwargs, 4, "dropout_p", 0.0)) > 0
+        if applied:
             self.count += 1
+            self.places.add(_caller())
         return func(*args, **kwargs)
 
 

@@ -121,3 +121,18 @@ def test_the_shared_tiny_gpt2_checkpoint():
     assert result.exit_code == 0, result.output
     report = json.loads(result.output[result.output.index("{") :])
     assert report["summary"]["sites"] == 7 and report["summary"]["sparseout"] == 7
+
+
+def test_verify_prints_the_counts_and_exits_0_when_everything_is_covered(gpt2_dir):
+    result = runner.invoke(app, ["inspect", str(gpt2_dir), "--verify"])
+    assert result.exit_code == 0, result.output
+    assert re.search(r"transformer\.h\.0\.attn\.attn_dropout\s+sparseout\s+0\.1\s+1\s+transformer", result.output)
+    assert "7 Sparseout and 0 plain dropout applications" in result.output and ": OK" in result.output
+
+
+def test_verify_exits_1_when_plain_dropout_is_left(gpt2_dir):
+    result = runner.invoke(app, ["inspect", str(gpt2_dir), "--verify", "--exclude", "drop", "--format", "json"])
+    assert result.exit_code == 1, result.output
+    data = json.loads(result.output[result.output.index("{") :])
+    assert data["verify"]["ok"] is False and data["verify"]["agrees"] is True
+    assert [c["place"] for c in data["verify"]["calls"] if c["reached_as"] == "plain"] == ["transformer.drop:dropout"]

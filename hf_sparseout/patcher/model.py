@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import copy
+import enum
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from torch import nn
+from transformers import PretrainedConfig
 
 from hf_sparseout.kernels.attention_op import predicted_path
 from hf_sparseout.layers import Sparseout
 from hf_sparseout.patcher.config import SparseoutConfig
 from hf_sparseout.patcher.patterns import abbreviate, name_matches, select, unmatched
-from hf_sparseout.patcher.probe import Candidate, run_probe
+from hf_sparseout.patcher.probe import Candidate, holder, reachable_configs, run_probe
 from hf_sparseout.patcher.redirect import InsertHook, RedirectingCheckpoint, RedirectingForward, SiteP
 from hf_sparseout.patcher.report import Site, SiteReport
 
@@ -20,7 +24,20 @@ STATE_ATTR = "_hf_sparseout_state"
 CONFIG_KEY = "sparseout"
 """The key under which a patched model's ``config`` (and so its config.json) records the patch."""
 SUPPORTED_ATTENTION = (None, "eager", "sdpa")
-_MISSING = object()
+
+
+class _Missing(enum.Enum):
+    """The undo log's "there was no attribute" marker.
+
+    An enum member, so ``copy.deepcopy``, ``pickle`` and ``torch.save`` of a patched model keep it
+    the same object (a plain ``object()`` would be copied, and ``unpatch`` on the copy would set
+    attributes to the copy instead of deleting them).
+    """
+
+    MISSING = "missing"
+
+
+_MISSING = _Missing.MISSING
 
 
 @dataclass
@@ -73,7 +90,9 @@ def _site_module_name(cand: Candidate) -> str:
     if cand.is_module:
         return cand.name
     if cand.in_config:
-        return f"sparseout_config_{cand.attr}"
+        path = cand.config_path.replace(".", "_")
+        child = f"sparseout_config_{path}_{cand.attr}" if path else f"sparseout_config_{cand.attr}"
+        return f"{cand.owner}.{child}" if cand.owner else child
     return f"{cand.owner}.{cand.attr}_sparseout" if cand.owner else f"{cand.attr}_sparseout"
 
 
@@ -212,7 +231,10 @@ def patch(model: nn.Module, config: SparseoutConfig, example_inputs: dict[str, A
         )
     state = PatchState(config, report)
     readers: set[str] = set()
+    by_value: dict[str, dict[float, nn.Module]] = {}  # reader -> {probability value: site module}
+    taken = {s.p for s in report.sites} | {s.new_p for s in report.sites if s.new_p is not None}
     try:
+        _own_configs(model, state.undo)
         for site in report.sparseout_sites:
             module = Sparseout(p=site.new_p, q=site.q, gradient=config.gradient, noise=config.noise)
             module.p = SiteP(site.new_p, site.name, module)
@@ -224,9 +246,19 @@ def patch(model: nn.Module, config: SparseoutConfig, example_inputs: dict[str, A
                 state.undo.append(("insert", target, "sparseout", handle))
                 continue
             cand = plan.candidates[site.name]
-            owner = model.config if cand.in_config else model.get_submodule(cand.owner)
+            owner = holder(model, cand) if cand.in_config else model.get_submodule(cand.owner)
             original = getattr(owner, cand.attr)
             readers |= cand.readers
+            if cand.converted:
+                # Some readers pass float(p) (XGLM): give this site a value of its own (new_p moved by a
+                # few ulps) and redirect calls with exactly that value inside those readers.
+                value = math.nextafter(site.new_p, 0.0 if site.new_p == 1.0 else 1.0)
+                while value in taken:
+                    value = math.nextafter(value, 0.0 if site.new_p == 1.0 else 1.0)
+                taken.add(value)
+                module.p = SiteP(value, site.name, module)
+                for reader, _ in cand.converted:
+                    by_value.setdefault(reader, {})[value] = module
             if cand.is_module:
                 module.inplace = original.inplace
                 module.train(original.training)
@@ -251,7 +283,7 @@ def patch(model: nn.Module, config: SparseoutConfig, example_inputs: dict[str, A
         for name in sorted(readers):
             reader = model.get_submodule(name)
             previous = reader.__dict__.get("forward", _MISSING)
-            reader.forward = RedirectingForward(reader, reader.forward)
+            reader.forward = RedirectingForward(reader, reader.forward, by_value.get(name))
             state.undo.append(("forward", reader, "forward", previous))
     except BaseException:
         _undo(state)
@@ -259,6 +291,26 @@ def patch(model: nn.Module, config: SparseoutConfig, example_inputs: dict[str, A
     report.patched = True
     object.__setattr__(model, STATE_ATTR, state)
     return report
+
+
+def _own_configs(model: nn.Module, undo: list) -> None:
+    """Give ``model`` its own copy of every config object it reads (restored by :func:`unpatch`).
+
+    Two models built from one config object share it: the patch's markers and its ``sparseout``
+    block must land in this model's copy only. Every module attribute holding one of the configs
+    (``model.config``, a layer's ``self.config``, a sub-config such as ``self.text_config``) is
+    pointed at the copy; sub-config links between them are kept (one ``deepcopy`` memo).
+    """
+    originals = [config for _, _, config in reachable_configs(model)]
+    memo: dict[int, Any] = {}
+    for config in originals:
+        copy.deepcopy(config, memo)
+    copies = {id(config): memo[id(config)] for config in originals}
+    for module in model.modules():
+        for key, value in list(vars(module).items()):
+            if isinstance(value, PretrainedConfig) and id(value) in copies:
+                undo.append(("setattr", module, key, value))
+                setattr(module, key, copies[id(value)])
 
 
 def _undo(state: PatchState) -> None:

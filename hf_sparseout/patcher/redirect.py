@@ -81,24 +81,41 @@ def attention_with_site(site: nn.Module, args: tuple, kwargs: dict) -> torch.Ten
 
 
 class RedirectMode(TorchFunctionMode):
-    """Send dropout and SDPA calls whose probability is a :class:`SiteP` to its Sparseout module."""
+    """Send dropout and SDPA calls whose probability is a :class:`SiteP` to its Sparseout module.
+
+    ``by_value`` maps exact probability values to site modules, for readers that pass
+    ``float(p)`` (a plain float) instead of the attribute itself; the patch gives those sites a
+    value no other probability of the model has.
+    """
+
+    def __init__(self, by_value: dict[float, nn.Module] | None = None) -> None:
+        super().__init__()
+        self.by_value = by_value or {}
+
+    def _site(self, p: Any) -> nn.Module | None:
+        if isinstance(p, SiteP):
+            return p.module
+        if self.by_value and type(p) is float:
+            return self.by_value.get(p)
+        return None
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func in ELEMENTWISE:
             p_index, p_name, t_index, t_name = DROPOUT_FUNCS[func]
-            p = get_arg(args, kwargs, p_index, p_name, 0.5)
-            if isinstance(p, SiteP):
+            site = self._site(get_arg(args, kwargs, p_index, p_name, 0.5))
+            if site is not None:
                 x = get_arg(args, kwargs, 0, "input", None)
-                if get_arg(args, kwargs, t_index, t_name, True) or not p.module.training:
+                if get_arg(args, kwargs, t_index, t_name, True) or not site.training:
                     # In eval the module is the identity, but calling it lets hooks (SparsityMonitor) see the site.
-                    return p.module(x)
+                    return site(x)
                 return x
         elif func is F.scaled_dot_product_attention:
             p = get_arg(args, kwargs, *SDPA_DROPOUT, 0.0)
-            if isinstance(p, SiteP):
-                if p.module.training and p > 0:
-                    return attention_with_site(p.module, args, kwargs)
+            site = self._site(p)
+            if site is not None:
+                if site.training and p > 0:
+                    return attention_with_site(site, args, kwargs)
                 args, kwargs = with_arg(args, kwargs, *SDPA_DROPOUT, 0.0)
         return func(*args, **kwargs)
 
@@ -106,11 +123,12 @@ class RedirectMode(TorchFunctionMode):
 class _UnderRedirect:
     """Call ``fn`` under :class:`RedirectMode` (picklable, unlike a lambda)."""
 
-    def __init__(self, fn: Any) -> None:
+    def __init__(self, fn: Any, by_value: dict[float, nn.Module] | None = None) -> None:
         self.fn = fn
+        self.by_value = by_value
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        with RedirectMode():
+        with RedirectMode(self.by_value):
             return self.fn(*args, **kwargs)
 
 
@@ -122,11 +140,12 @@ class RedirectingCheckpoint:
     checkpoints must enter the mode itself.
     """
 
-    def __init__(self, inner: Any) -> None:
+    def __init__(self, inner: Any, by_value: dict[float, nn.Module] | None = None) -> None:
         self.inner = inner
+        self.by_value = by_value
 
     def __call__(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        return self.inner(_UnderRedirect(fn), *args, **kwargs)
+        return self.inner(_UnderRedirect(fn, self.by_value), *args, **kwargs)
 
 
 class RedirectingForward:
@@ -137,16 +156,17 @@ class RedirectingForward:
     ``gradient_checkpointing_enable`` runs), it is wrapped on the way in.
     """
 
-    def __init__(self, module: nn.Module, inner: Any) -> None:
+    def __init__(self, module: nn.Module, inner: Any, by_value: dict[float, nn.Module] | None = None) -> None:
         self.module = module
         self.inner = inner
+        self.by_value = by_value
         functools.update_wrapper(self, inner)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         ckpt = self.module.__dict__.get("_gradient_checkpointing_func")
         if ckpt is not None and not isinstance(ckpt, RedirectingCheckpoint):
-            self.module._gradient_checkpointing_func = RedirectingCheckpoint(ckpt)
-        with RedirectMode():
+            self.module._gradient_checkpointing_func = RedirectingCheckpoint(ckpt, self.by_value)
+        with RedirectMode(self.by_value):
             return self.inner(*args, **kwargs)
 
 

@@ -20,7 +20,8 @@ class Site:
             reaches attention: eager ``F.dropout`` on the probabilities or SDPA's ``dropout_p``),
             ``functional`` (a float attribute passed to ``F.dropout``), ``inserted`` (a new site
             on a module's output), ``config-only`` (a probability that is 0 in the config), or
-            ``unattributed`` (a dropout hf-sparseout cannot redirect).
+            ``unattributed`` (a dropout hf-sparseout cannot redirect: a literal or computed probability,
+            or channel/alpha dropout).
         p: the site's own probability; ``new_p`` / ``q``: what it gets when patched.
         calls: applications seen in one training-mode probe forward.
         sparseout: whether the site is (or will be) Sparseout; ``reason`` says why not.
