@@ -2,10 +2,18 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
-from hf_sparseout.metrics import hoyer, l1_l2_ratio, mean_abs, near_zero_fraction, zero_fraction
+from hf_sparseout.metrics import (
+    hoyer,
+    l1_l2_ratio,
+    mean_abs,
+    near_zero_fraction,
+    relative_near_zero_fraction,
+    zero_fraction,
+)
 
 
 def test_one_hot_is_maximally_sparse():
@@ -86,6 +94,42 @@ def test_near_zero_fraction_of_uniform_and_gaussian():
     assert near_zero_fraction(x, 0.0).tolist() == zero_fraction(x).tolist()
 
 
+def _relative_near_zero_numpy(x: np.ndarray, ratio: float) -> np.ndarray:
+    """Reference: per row, the share of entries with |a| <= ratio * sqrt(mean(a**2)), in float64."""
+    a = np.abs(x.astype(np.float64))
+    rms = np.sqrt((a**2).mean(-1, keepdims=True))
+    return (a <= ratio * rms).mean(-1)
+
+
+@pytest.mark.parametrize("ratio", [0.1, 0.5, 1.0])
+def test_relative_near_zero_fraction_matches_numpy(ratio):
+    g = torch.Generator().manual_seed(5)
+    # rows on very different scales, some exact zeros, a heavy tail, a zero row
+    x = torch.randn(6, 7, 50, generator=g) * torch.logspace(-4, 3, 6).reshape(6, 1, 1)
+    x[0, :, :10] = 0
+    x[1] = x[1] ** 3
+    x[2, 3] = 0
+    got = relative_near_zero_fraction(x, ratio)
+    assert got.shape == (6, 7)
+    np.testing.assert_allclose(got.numpy(), _relative_near_zero_numpy(x.numpy(), ratio), rtol=0, atol=1e-7)
+    assert got[2, 3].item() == 1.0  # the zero vector is all near zero, as in zero_fraction
+
+
+def test_relative_near_zero_fraction_is_scale_free_and_known():
+    x = torch.randn(512, 2048, generator=torch.Generator().manual_seed(6))
+    base = relative_near_zero_fraction(x)
+    torch.testing.assert_close(relative_near_zero_fraction(x * 1e-3), base)
+    # Gaussian rows: rms -> 1, so |a| <= 0.1 has probability erf(0.1 / sqrt(2)); the absolute
+    # measure at 1e-3 falls to ~0 on the same data scaled up, the relative one does not move.
+    assert base.mean().item() == pytest.approx(math.erf(0.1 / math.sqrt(2)), abs=2e-3)
+    assert near_zero_fraction(x * 1e-3).mean().item() > 0.5 > near_zero_fraction(x).mean().item()
+    k_sparse = torch.zeros(3, 40)
+    k_sparse[:, :8] = torch.tensor([2.0, -2.0, 2.0, 2.0, -2.0, 2.0, 2.0, 2.0])
+    torch.testing.assert_close(relative_near_zero_fraction(k_sparse), torch.full((3,), 32 / 40))
+    with pytest.raises(ValueError, match="ratio"):
+        relative_near_zero_fraction(x, -0.1)
+
+
 def test_bfloat16_accumulates_in_float32():
     n = 3001
     x = torch.ones(2, n, dtype=torch.bfloat16)
@@ -96,7 +140,7 @@ def test_bfloat16_accumulates_in_float32():
     assert ratio[0].item() == pytest.approx(math.sqrt(n), rel=1e-6)
     assert zero_fraction(x)[1].item() == pytest.approx(1 / n, rel=1e-6)
     y = torch.randn(8, 100, generator=torch.Generator().manual_seed(4)).bfloat16()
-    for fn in (hoyer, l1_l2_ratio, zero_fraction, mean_abs, near_zero_fraction):
+    for fn in (hoyer, l1_l2_ratio, zero_fraction, mean_abs, near_zero_fraction, relative_near_zero_fraction):
         torch.testing.assert_close(fn(y), fn(y.float()))
         assert fn(y).dtype == torch.float32
 

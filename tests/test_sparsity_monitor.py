@@ -14,9 +14,17 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 import hf_sparseout
 from hf_sparseout import Sparseout
-from hf_sparseout.metrics import SparsityMonitor, hoyer, l1_l2_ratio, mean_abs, near_zero_fraction, zero_fraction
+from hf_sparseout.metrics import (
+    SparsityMonitor,
+    hoyer,
+    l1_l2_ratio,
+    mean_abs,
+    near_zero_fraction,
+    relative_near_zero_fraction,
+    zero_fraction,
+)
 
-METRICS = ("hoyer", "l1_l2_ratio", "zero_fraction", "near_zero_fraction", "mean_abs")
+METRICS = ("hoyer", "l1_l2_ratio", "zero_fraction", "near_zero_fraction", "relative_near_zero_fraction", "mean_abs")
 
 
 def tiny_gpt2(attn: str = "sdpa", seed: int = 0, **overrides) -> GPT2LMHeadModel:
@@ -67,6 +75,7 @@ def expected(vectors: list[torch.Tensor]) -> dict[str, float]:
         "l1_l2_ratio": sum(l1_l2_ratio(v).item() for v in vectors) / len(vectors),
         "zero_fraction": sum(zero_fraction(v).item() * v.numel() for v in vectors) / n,
         "near_zero_fraction": sum(near_zero_fraction(v).item() * v.numel() for v in vectors) / n,
+        "relative_near_zero_fraction": sum(relative_near_zero_fraction(v).item() * v.numel() for v in vectors) / n,
         "mean_abs": sum(mean_abs(v).item() * v.numel() for v in vectors) / n,
     }
 

@@ -4,10 +4,12 @@ from pathlib import Path
 
 from hf_sparseout.metrics.functions import (
     DEFAULT_NEAR_ZERO_THRESHOLD,
+    DEFAULT_RELATIVE_NEAR_ZERO,
     hoyer,
     l1_l2_ratio,
     mean_abs,
     near_zero_fraction,
+    relative_near_zero_fraction,
     zero_fraction,
 )
 from hf_sparseout.metrics.monitor import SparsityMonitor
@@ -21,6 +23,7 @@ def evaluate_module_path() -> str:
 
 __all__ = [
     "DEFAULT_NEAR_ZERO_THRESHOLD",
+    "DEFAULT_RELATIVE_NEAR_ZERO",
     "SparsityMonitor",
     "evaluate_module_path",
     "hoyer",
@@ -28,5 +31,6 @@ __all__ = [
     "mean_abs",
     "near_zero_fraction",
     "plot_sparsity",
+    "relative_near_zero_fraction",
     "zero_fraction",
 ]

@@ -108,6 +108,32 @@ def near_zero_fraction(x: torch.Tensor, threshold: float = DEFAULT_NEAR_ZERO_THR
     return (_abs(x) <= threshold).sum(-1, dtype=accumulation_dtype(x.dtype)) / max(x.shape[-1], 1)
 
 
+DEFAULT_RELATIVE_NEAR_ZERO: float = 0.1
+"""Default ``ratio`` of :func:`relative_near_zero_fraction`: ``|a| <= 0.1 * rms(a)``.
+
+Scale-free, unlike :func:`near_zero_fraction`: multiplying a vector by any ``c > 0`` leaves it
+unchanged, so it cannot fall just because activations grew. For i.i.d. Gaussian entries it is
+``erf(0.1 / sqrt(2)) = 0.0797``; for a vector with ``k`` of ``n`` entries non-zero and equal in
+magnitude it is ``1 - k / n``.
+"""
+
+
+def relative_near_zero_fraction(x: torch.Tensor, ratio: float = DEFAULT_RELATIVE_NEAR_ZERO) -> torch.Tensor:
+    """The fraction of entries of each vector with ``|a| <= ratio * rms(a)``, in ``[0, 1]``.
+
+    ``rms(a) = ||a||_2 / sqrt(n)``. Scale-invariant per vector (see
+    :data:`DEFAULT_RELATIVE_NEAR_ZERO`). The zero vector counts as all near zero (``1``), as in
+    :func:`zero_fraction`.
+    """
+    _check(x)
+    if not math.isfinite(ratio) or ratio < 0:
+        raise ValueError(f"ratio must be a finite number >= 0, got {ratio!r}")
+    a = _abs(x)
+    n = max(x.shape[-1], 1)
+    threshold = torch.linalg.vector_norm(a, dim=-1, keepdim=True) * (ratio / math.sqrt(n))
+    return (a <= threshold).sum(-1, dtype=a.dtype) / n
+
+
 def mean_abs(x: torch.Tensor) -> torch.Tensor:
     """``||a||_1 / n``, the mean magnitude of each vector's entries."""
     _check(x)
@@ -116,10 +142,12 @@ def mean_abs(x: torch.Tensor) -> torch.Tensor:
 
 __all__ = [
     "DEFAULT_NEAR_ZERO_THRESHOLD",
+    "DEFAULT_RELATIVE_NEAR_ZERO",
     "accumulation_dtype",
     "hoyer",
     "l1_l2_ratio",
     "mean_abs",
     "near_zero_fraction",
+    "relative_near_zero_fraction",
     "zero_fraction",
 ]

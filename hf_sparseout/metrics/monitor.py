@@ -11,15 +11,38 @@ from torch import nn
 
 from hf_sparseout.layers import Sparseout
 from hf_sparseout.metrics import histogram
-from hf_sparseout.metrics.functions import DEFAULT_NEAR_ZERO_THRESHOLD, hoyer_from_ratio, ratio_from_norms
+from hf_sparseout.metrics.functions import (
+    DEFAULT_NEAR_ZERO_THRESHOLD,
+    DEFAULT_RELATIVE_NEAR_ZERO,
+    hoyer_from_ratio,
+    ratio_from_norms,
+)
 from hf_sparseout.metrics.masking import weights_for
 from hf_sparseout.patcher.patterns import abbreviate, name_matches
 
-STATS: tuple[str, ...] = ("hoyer", "l1_l2_ratio", "nonzeros", "above", "l1", "elements", "vectors", "tokens")
+STATS: tuple[str, ...] = (
+    "hoyer",
+    "l1_l2_ratio",
+    "nonzeros",
+    "above",
+    "l1",
+    "relative_near",
+    "elements",
+    "vectors",
+    "tokens",
+)
 """The running float64 sums kept per site: per-vector ``hoyer`` and ``l1_l2_ratio``, counts of non-zero
-elements and of elements above the near-zero threshold, ``l1`` and the element, vector and token counts."""
+elements and of elements above the near-zero threshold, ``l1``, the count of elements at or below
+``relative_near_zero_ratio * rms`` of their vector, and the element, vector and token counts."""
 _COUNTS = ("calls", "unmasked_calls")
-METRICS: tuple[str, ...] = ("hoyer", "l1_l2_ratio", "zero_fraction", "near_zero_fraction", "mean_abs")
+METRICS: tuple[str, ...] = (
+    "hoyer",
+    "l1_l2_ratio",
+    "zero_fraction",
+    "near_zero_fraction",
+    "relative_near_zero_fraction",
+    "mean_abs",
+)
 _DROPOUT_LIKE = (Sparseout, nn.modules.dropout._DropoutNd)
 
 
@@ -43,7 +66,9 @@ class SparsityMonitor:
           ``ValueError`` listing the module names.
 
     Every vector (last dimension = features) contributes its Hoyer measure and ``l1/l2`` ratio;
-    zeros, near-zeros (``|a| <= near_zero_threshold``) and ``|a|`` are pooled over elements.
+    zeros, near-zeros (``|a| <= near_zero_threshold``, absolute), relative near-zeros
+    (``|a| <= relative_near_zero_ratio * rms(a)`` of the entry's own vector, scale-free) and
+    ``|a|`` are pooled over elements.
     Only running float64 sums are kept, never activations: memory is constant in the number of
     batches (:meth:`state_nbytes`), and nothing synchronises with the device until :meth:`compute`.
 
@@ -75,6 +100,7 @@ class SparsityMonitor:
         sites: str | Sequence[str] | None = None,
         *,
         near_zero_threshold: float = DEFAULT_NEAR_ZERO_THRESHOLD,
+        relative_near_zero_ratio: float = DEFAULT_RELATIVE_NEAR_ZERO,
         mode: Literal["any", "train", "eval"] = "any",
         auto_mask: bool = True,
         histogram_sites: bool | str | Sequence[str] | None = None,
@@ -85,10 +111,13 @@ class SparsityMonitor:
             raise ValueError(f"mode must be 'any', 'train' or 'eval', got {mode!r}")
         if not near_zero_threshold >= 0:
             raise ValueError(f"near_zero_threshold must be >= 0, got {near_zero_threshold!r}")
+        if not 0 <= relative_near_zero_ratio < float("inf"):
+            raise ValueError(f"relative_near_zero_ratio must be a finite number >= 0, got {relative_near_zero_ratio!r}")
         self.model = model
         self.mode = mode
         self.auto_mask = auto_mask
         self.near_zero_threshold = float(near_zero_threshold)
+        self.relative_near_zero_ratio = float(relative_near_zero_ratio)
         self._modules: dict[str, nn.Module] = self._select(model, sites)
         self.site_names: list[str] = list(self._modules)
         hist_names = self._select_hist(histogram_sites)
@@ -252,9 +281,18 @@ class SparsityMonitor:
             # Counting through sign() of non-negative floats is several times faster on CPU than
             # reducing bool tensors; masked columns are 0 and never count as non-zero or above.
             nonzeros = a.sign().sum(-1)
+            # |a| <= ratio * rms(a) with rms over the vector's real features; padded key columns
+            # (zeroed above) always pass, so they are taken off again.
+            if isinstance(w.n, int):
+                threshold = l2 * (self.relative_near_zero_ratio / w.n**0.5)
+            else:
+                threshold = l2 * self.relative_near_zero_ratio / w.n.to(l2.dtype).sqrt()
+            relative = (a <= threshold.unsqueeze(-1)).sum(-1, dtype=a.dtype)
+            if w.cols is not None:
+                relative = relative - (x.shape[-1] - w.n.to(a.dtype))
             above = a.sub_(self.near_zero_threshold).clamp_(min=0).sign_().sum(-1)  # a is ours: reuse it
             ratio = ratio_from_norms(l1, l2)
-            per_vector = [hoyer_from_ratio(ratio, w.n), ratio, nonzeros, above, l1]
+            per_vector = [hoyer_from_ratio(ratio, w.n), ratio, nonzeros, above, l1, relative]
             if not isinstance(w.n, int):
                 per_vector.append(w.n.to(l1.dtype).expand_as(l1))
             per = torch.stack(per_vector, -1).reshape(-1, len(per_vector)).double()
@@ -264,8 +302,8 @@ class SparsityMonitor:
             else:
                 sums = torch.cat([per.sum(0), per.new_full((1,), per.shape[0])])
             vectors = sums[-1:]
-            elements = vectors * w.n if isinstance(w.n, int) else sums[5:6]
-            sums = torch.cat([sums[:5], elements, vectors, vectors / w.group])
+            elements = vectors * w.n if isinstance(w.n, int) else sums[6:7]
+            sums = torch.cat([sums[:6], elements, vectors, vectors / w.group])
             state[index].add_(sums)
             self._counts[index][0] += 1
             self._counts[index][1] += int(not w.matched)
@@ -325,9 +363,10 @@ class SparsityMonitor:
         """Per-site metrics, a token-weighted overall value and the histograms, as plain Python numbers.
 
         Per site: ``hoyer`` and ``l1_l2_ratio`` are means over vectors; ``zero_fraction``,
-        ``near_zero_fraction`` and ``mean_abs`` are pooled over elements; plus ``vectors``,
-        ``tokens``, ``elements``, ``calls`` and ``unmasked_calls``. ``overall`` averages the sites'
-        metrics weighted by their ``tokens`` (a token counts once per site, whatever its heads).
+        ``near_zero_fraction``, ``relative_near_zero_fraction`` and ``mean_abs`` are pooled over
+        elements; plus ``vectors``, ``tokens``, ``elements``, ``calls`` and ``unmasked_calls``.
+        ``overall`` averages the sites' metrics weighted by their ``tokens`` (a token counts once
+        per site, whatever its heads).
         Sites that saw nothing have NaN metrics and weight 0.
 
         With ``torch.distributed`` initialised (e.g. under ``accelerate launch``) and ``sync``,
@@ -343,6 +382,7 @@ class SparsityMonitor:
             "l1_l2_ratio": columns["l1_l2_ratio"] / safe_v,
             "zero_fraction": (elements - columns["nonzeros"]) / safe_e,
             "near_zero_fraction": (elements - columns["above"]) / safe_e,
+            "relative_near_zero_fraction": columns["relative_near"] / safe_e,
             "mean_abs": columns["l1"] / safe_e,
         }
         empty = vectors == 0
@@ -367,4 +407,5 @@ class SparsityMonitor:
             "overall": overall,
             "histograms": histograms,
             "near_zero_threshold": self.near_zero_threshold,
+            "relative_near_zero_ratio": self.relative_near_zero_ratio,
         }
