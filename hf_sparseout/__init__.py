@@ -25,6 +25,7 @@ from hf_sparseout.patcher import (
     unpatch,
     verify,
 )
+from hf_sparseout.regularizers import LqPenalty
 from hf_sparseout.version import __version__
 
 
@@ -43,6 +44,7 @@ __all__ = [
     "AutoSparseoutModel",
     "AutoSparseoutModelForCausalLM",
     "AutoSparseoutModelForSequenceClassification",
+    "LqPenalty",
     "Site",
     "SiteReport",
     "Sparseout",

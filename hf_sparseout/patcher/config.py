@@ -26,6 +26,9 @@ class SparseoutConfig:
 
     Attributes:
         p: drop probability for every patched site; ``None`` keeps each site's own ``p``.
+            ``p = 0`` keeps the selected sites as identity Sparseout modules (no noise, still
+            measured by :class:`~hf_sparseout.SparsityMonitor` and :class:`~hf_sparseout.LqPenalty`):
+            the p = 0 control at the same sites.
         q: the Sparseout exponent (``q < 2`` sparser, ``q = 2`` dropout, ``q > 2`` denser).
         targets: which sites to patch. A list of names matches a site whose name equals an
             entry or ends with ``"." + entry`` (PEFT's ``target_modules`` rule); a single
@@ -36,8 +39,11 @@ class SparseoutConfig:
         attention: ``"sparseout"`` turns attention-probability dropout into Sparseout;
             ``"keep"`` leaves it as plain dropout (and the report says so).
         insert: module-name patterns (suffix list or regex, as ``targets``) whose outputs get
-            a new Sparseout site, for architectures without dropout (e.g. ``["mlp.act_fn"]``).
-            Needs ``p > 0``.
+            a new Sparseout site, for architectures without dropout (e.g. ``["mlp.act_fn"]``);
+            or ``"mlp"``: the post-activation module of every MLP block (the hidden units),
+            resolved per family (:data:`hf_sparseout.patcher.placements.MLP_ACTIVATIONS`; other
+            families raise, listing the supported ones). Needs ``p`` set: ``p > 0`` for noise,
+            ``p = 0`` for identity sites that are measured only.
         gradient: ``"reference"`` (the authors' backward) or ``"exact"``.
         noise: ``"raw"`` (the paper's noise, default) or ``"matched"`` (each call's noise scaled by
             ``c = sqrt(sum(x**2) / sum(|x|**q))``, so its total variance equals dropout's at the same p).
@@ -84,10 +90,11 @@ class SparseoutConfig:
             check_args(values.get("p", 0.5), values.get("q", 2.0), "reference")
         if self.insert is not None:
             insert_ps = [v["p"] for v in self.overrides.values() if "p" in v]
-            if (self.p is None or self.p == 0) and not any(p > 0 for p in insert_ps):
+            if self.p is None and not insert_ps:
                 raise ValueError(
                     "insert adds new Sparseout sites, which have no p of their own: set p > 0 "
-                    f"(got p={self.p!r}), e.g. SparseoutConfig(p=0.1, insert={self.insert!r})"
+                    f"(or p = 0 for identity sites that are only measured), e.g. SparseoutConfig(p=0.1, "
+                    f"insert={self.insert!r})"
                 )
 
     def to_dict(self) -> dict[str, Any]:

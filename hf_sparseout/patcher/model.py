@@ -16,6 +16,7 @@ from hf_sparseout.kernels.attention_op import predicted_path
 from hf_sparseout.layers import Sparseout
 from hf_sparseout.patcher.config import SparseoutConfig
 from hf_sparseout.patcher.patterns import abbreviate, name_matches, select, unmatched
+from hf_sparseout.patcher.placements import resolve_insert
 from hf_sparseout.patcher.probe import Candidate, holder, reachable_configs, run_probe
 from hf_sparseout.patcher.redirect import InsertHook, RedirectingCheckpoint, RedirectingForward, SiteP
 from hf_sparseout.patcher.report import Site, SiteReport
@@ -113,6 +114,11 @@ def _with_overrides(config: SparseoutConfig, name: str, p: float) -> tuple[float
     return p, q
 
 
+def _overrides_p(config: SparseoutConfig, name: str) -> bool:
+    """Whether an override sets ``p`` for the site ``name``."""
+    return any("p" in values and name_matches(pattern, name) for pattern, values in config.overrides.items())
+
+
 def _plan(model: nn.Module, config: SparseoutConfig, example_inputs: dict[str, Any] | None) -> _Plan:
     if is_patched(model):
         raise ValueError("this model is already patched by hf-sparseout: call hf_sparseout.unpatch(model) first")
@@ -137,19 +143,27 @@ def _plan(model: nn.Module, config: SparseoutConfig, example_inputs: dict[str, A
             site.reason = "attention='keep'"
         else:
             new_p = site.p if config.p is None else config.p
+            # p = 0 asked for (config.p == 0 or an override): an identity site, kept so that
+            # monitors and penalties see the same sites as at p > 0 (the p = 0 control).
+            zero_asked = config.p == 0
             if site.kind == "config-only" and config.targets is None:
-                new_p = 0.0  # off in the model's config: enabled only when selected explicitly
+                new_p, zero_asked = 0.0, False  # off in the model's config: enabled only when selected explicitly
             new_p, q = _with_overrides(config, site.name, new_p)
-            if new_p == 0 and site.kind == "config-only":
+            if _overrides_p(config, site.name):
+                zero_asked = new_p == 0
+            if new_p == 0 and not zero_asked and site.kind == "config-only":
                 site.reason = "p = 0 in the model's config: select it with targets (and p) or an override to enable"
-            elif new_p == 0:
+            elif new_p == 0 and not zero_asked:
                 site.reason = "p = 0: nothing to apply (set p or an override to enable)"
             else:
                 site.sparseout, site.new_p, site.q = True, float(new_p), float(q)
                 cand = candidates[site.name]
                 site.module = _site_module_name(cand)
+                if new_p == 0:
+                    site.reason = "p = 0: identity site (measured, no noise)"
 
-    inserts = [n for n, _ in model.named_modules() if n and config.insert is not None and select(config.insert, n)]
+    insert = resolve_insert(model, config.insert)
+    inserts = [n for n, _ in model.named_modules() if n and insert is not None and select(insert, n)]
     for name in inserts:
         new_p, q = _with_overrides(config, name, config.p or 0.0)
         sites.append(Site(name, "inserted", 0.0, 0, True, float(new_p), float(q), None, f"{name}.sparseout"))
@@ -175,9 +189,10 @@ def _check_patterns(config: SparseoutConfig, names: list[str], model: nn.Module)
     missing = [pat for pat in config.overrides if not any(name_matches(pat, n) for n in names)]
     if missing:
         raise ValueError(f"overrides pattern(s) {missing} match no dropout site; {available}")
-    if config.insert is not None:
+    insert = resolve_insert(model, config.insert)
+    if insert is not None:
         module_names = [n for n, _ in model.named_modules() if n]
-        missing = unmatched(config.insert, module_names)
+        missing = unmatched(insert, module_names)
         if missing:
             hint = _suggest_insert_points(model)
             raise ValueError(
