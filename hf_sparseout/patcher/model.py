@@ -25,6 +25,7 @@ STATE_ATTR = "_hf_sparseout_state"
 CONFIG_KEY = "sparseout"
 """The key under which a patched model's ``config`` (and so its config.json) records the patch."""
 SUPPORTED_ATTENTION = (None, "eager", "sdpa")
+IDENTITY_NOTE = "p = 0: identity site (measured, no noise)"
 
 
 class _Missing(enum.Enum):
@@ -160,13 +161,14 @@ def _plan(model: nn.Module, config: SparseoutConfig, example_inputs: dict[str, A
                 cand = candidates[site.name]
                 site.module = _site_module_name(cand)
                 if new_p == 0:
-                    site.reason = "p = 0: identity site (measured, no noise)"
+                    site.reason = IDENTITY_NOTE
 
     insert = resolve_insert(model, config.insert)
     inserts = [n for n, _ in model.named_modules() if n and insert is not None and select(insert, n)]
     for name in inserts:
         new_p, q = _with_overrides(config, name, config.p or 0.0)
-        sites.append(Site(name, "inserted", 0.0, 0, True, float(new_p), float(q), None, f"{name}.sparseout"))
+        reason = IDENTITY_NOTE if new_p == 0 else None
+        sites.append(Site(name, "inserted", 0.0, 0, True, float(new_p), float(q), reason, f"{name}.sparseout"))
 
     for u in probe.unattributed:
         reason = "its probability is a literal or computed value, not a module attribute: cannot be redirected"
