@@ -15,6 +15,7 @@ from hf_sparseout.metrics import (
     l1_l2_ratio,
     mean_abs,
     near_zero_fraction,
+    relative_near_zero_fraction,
     zero_fraction,
 )
 
@@ -53,7 +54,7 @@ def test_loads_offline_and_matches_the_pure_functions(tmp_path):
         env=env,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=600,  # a hang guard only: loading evaluate takes minutes on a loaded shared machine
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     whole, uneven, batched = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -63,6 +64,7 @@ def test_loads_offline_and_matches_the_pure_functions(tmp_path):
         "l1_l2_ratio": l1_l2_ratio(x).mean().item(),
         "zero_fraction": zero_fraction(x).mean().item(),
         "near_zero_fraction": near_zero_fraction(x).mean().item(),
+        "relative_near_zero_fraction": relative_near_zero_fraction(x).mean().item(),
         "mean_abs": mean_abs(x).mean().item(),
     }
     for key, value in want.items():
@@ -76,4 +78,7 @@ def test_loads_offline_and_matches_the_pure_functions(tmp_path):
     assert uneven["l1_l2_ratio"] == pytest.approx(sum(l1_l2_ratio(v).item() for v in vecs) / 3)
     assert uneven["zero_fraction"] == pytest.approx(3 / 10)
     assert uneven["near_zero_fraction"] == pytest.approx(5 / 10)
+    assert uneven["relative_near_zero_fraction"] == pytest.approx(
+        sum(relative_near_zero_fraction(v).item() * len(v) for v in vecs) / 10
+    )
     assert uneven["mean_abs"] == pytest.approx(sum(abs(a) for v in ragged for a in v) / 10)

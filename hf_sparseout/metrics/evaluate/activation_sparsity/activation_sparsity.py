@@ -16,10 +16,12 @@ import torch
 
 from hf_sparseout.metrics.functions import (
     DEFAULT_NEAR_ZERO_THRESHOLD,
+    DEFAULT_RELATIVE_NEAR_ZERO,
     hoyer,
     l1_l2_ratio,
     mean_abs,
     near_zero_fraction,
+    relative_near_zero_fraction,
     zero_fraction,
 )
 
@@ -28,16 +30,19 @@ Activation sparsity of a set of activation vectors (one vector = the features of
 one site). Returns the mean over vectors of Hoyer's measure
 (sqrt(n) - ||a||_1/||a||_2) / (sqrt(n) - 1) (1 = one-hot, 0 = constant; 1 for the zero vector
 and for n = 1) and of the l1/l2 ratio, and, pooled over all elements, the fraction of exact
-zeros, of near-zeros (|a| <= near_zero_threshold) and the mean |a|.
+zeros, of near-zeros (|a| <= near_zero_threshold), of relative near-zeros
+(|a| <= relative_near_zero_ratio * rms of the entry's own vector) and the mean |a|.
 """
 
 _KWARGS_DESCRIPTION = """
 Args:
     predictions (list of list of float): activation vectors; each may have its own length.
     near_zero_threshold (float): |a| at or below it counts as near zero (default 1e-3).
+    relative_near_zero_ratio (float): |a| at or below this times the vector's rms counts as
+        relatively near zero (default 0.1; scale-free).
 Returns:
     hoyer, l1_l2_ratio: means over vectors.
-    zero_fraction, near_zero_fraction, mean_abs: pooled over all elements (the mean of the
+    zero_fraction, near_zero_fraction, relative_near_zero_fraction, mean_abs: pooled over all elements (the mean of the
         per-vector values when every vector has the same length).
     vectors, elements: how many were measured.
 Examples:
@@ -71,8 +76,13 @@ class ActivationSparsity(evaluate.Metric):
             reference_urls=["https://arxiv.org/abs/1904.08050"],
         )
 
-    def _compute(self, predictions, near_zero_threshold=DEFAULT_NEAR_ZERO_THRESHOLD):
-        sums = dict.fromkeys(("hoyer", "l1_l2_ratio", "zeros", "near_zeros", "l1"), 0.0)
+    def _compute(
+        self,
+        predictions,
+        near_zero_threshold=DEFAULT_NEAR_ZERO_THRESHOLD,
+        relative_near_zero_ratio=DEFAULT_RELATIVE_NEAR_ZERO,
+    ):
+        sums = dict.fromkeys(("hoyer", "l1_l2_ratio", "zeros", "near_zeros", "relative", "l1"), 0.0)
         vectors = elements = 0
         by_length = {}
         for vector in predictions:
@@ -85,6 +95,7 @@ class ActivationSparsity(evaluate.Metric):
             sums["l1_l2_ratio"] += float(l1_l2_ratio(x).sum())
             sums["zeros"] += float(zero_fraction(x).sum()) * n
             sums["near_zeros"] += float(near_zero_fraction(x, near_zero_threshold).sum()) * n
+            sums["relative"] += float(relative_near_zero_fraction(x, relative_near_zero_ratio).sum()) * n
             sums["l1"] += float(mean_abs(x).sum()) * n
             vectors += len(group)
             elements += len(group) * n
@@ -94,6 +105,7 @@ class ActivationSparsity(evaluate.Metric):
             "l1_l2_ratio": sums["l1_l2_ratio"] / vectors if vectors else nan,
             "zero_fraction": sums["zeros"] / elements if elements else nan,
             "near_zero_fraction": sums["near_zeros"] / elements if elements else nan,
+            "relative_near_zero_fraction": sums["relative"] / elements if elements else nan,
             "mean_abs": sums["l1"] / elements if elements else nan,
             "vectors": vectors,
             "elements": elements,
