@@ -9,8 +9,9 @@ from enum import Enum
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from typer.core import TyperCommand
 
-from hf_sparseout_cli.errors import run_job
+from hf_sparseout_cli.errors import CliError, fail, run_job
 from hf_sparseout_cli.options import (
     AttentionMode,
     AttentionOpt,
@@ -23,6 +24,7 @@ from hf_sparseout_cli.options import (
     OutputFormat,
     POpt,
     TargetsOpt,
+    insert_patterns,
     split_patterns,
 )
 
@@ -48,6 +50,37 @@ class Scheduler(str, Enum):
     constant = "constant"
 
 
+class Baseline(str, Enum):
+    """Control runs beside the main one (same seed, data order and sites)."""
+
+    dropout = "dropout"
+    none = "none"
+    both = "both"
+
+
+class Noise(str, Enum):
+    """Sparseout's noise scale: the paper's, or matched to dropout's total variance."""
+
+    raw = "raw"
+    matched = "matched"
+
+
+def normalise_argv(argv: list[str]) -> list[str]:
+    """A bare ``--baseline`` (last, or followed by another option) means ``--baseline=dropout``, as before."""
+    out = []
+    for i, token in enumerate(argv):
+        bare = token == "--baseline" and (i + 1 == len(argv) or argv[i + 1].startswith("-"))
+        out.append("--baseline=dropout" if bare else token)
+    return out
+
+
+class FinetuneCommand(TyperCommand):
+    """``finetune``'s Click command: accepts the bare ``--baseline`` flag beside ``--baseline KIND``."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, normalise_argv(list(args)))
+
+
 class Precision(str, Enum):
     """accelerate's mixed precision."""
 
@@ -68,10 +101,17 @@ def args_from_params(params: Mapping[str, Any]) -> FinetuneArgs:
     for f in dataclasses.fields(FinetuneArgs):
         value = params[f.name]
         values[f.name] = value.value if isinstance(value, Enum) else value
-    for name in ("targets", "exclude", "insert"):
+    for name in ("targets", "exclude"):
         values[name] = split_patterns(list(values[name]) if values[name] else None)
     sites = split_patterns(list(values["sparsity_sites"]) if values["sparsity_sites"] else None)
     values["sparsity_sites"] = [sites] if isinstance(sites, str) else sites
+    values["insert"] = insert_patterns(list(values["insert"]) if values["insert"] else None)
+    if params.get("no_baseline"):
+        if values["baseline"] is not None:
+            raise CliError(
+                f"--baseline {values['baseline']} and --no-baseline contradict each other", "keep one of them"
+            )
+        values["baseline"] = False
     values["report_to"] = list(values["report_to"] or ["none"])
     return FinetuneArgs(**values)
 
@@ -151,13 +191,35 @@ def finetune(
     insert: InsertOpt = None,
     gradient: GradientOpt = GradientMode.reference,
     baseline: Annotated[
-        bool | None,
+        Baseline | None,
         typer.Option(
-            "--baseline/--no-baseline",
-            help="Also train with plain dropout (same seed, data order and sites) and compare. "
-            "Default: on for the offline default run, off otherwise.",
+            "--baseline",
+            help="Control runs (same seed, data order and sites): dropout (q=2 at the same p; a bare --baseline), "
+            "none (p=0: no noise), or both. Default: dropout for the offline default run, none otherwise.",
             rich_help_panel=SPARSE,
         ),
+    ] = None,
+    no_baseline: Annotated[
+        bool,
+        typer.Option("--no-baseline", help="No control run (also for the offline default).", rich_help_panel=SPARSE),
+    ] = False,
+    noise: Annotated[
+        Noise,
+        typer.Option(
+            help="Sparseout noise: raw (the paper's) or matched (scaled to dropout's total variance per call).",
+            rich_help_panel=SPARSE,
+        ),
+    ] = Noise.raw,
+    lq_penalty: Annotated[
+        float | None,
+        typer.Option(
+            help="Add WEIGHT * mean over sites of mean(|x|^Q) of the activations entering the sites to the loss "
+            "(main run only; with --p 0 the penalty alone).",
+            rich_help_panel=SPARSE,
+        ),
+    ] = None,
+    lq_q: Annotated[
+        float | None, typer.Option(help="Exponent Q of --lq-penalty (default 1).", rich_help_panel=SPARSE)
     ] = None,
     epochs: Annotated[
         float | None,
@@ -297,7 +359,10 @@ def finetune(
     from hf_sparseout.training.runner import finetune as run_finetune
     from hf_sparseout.training.runner import interrupted_message
 
-    args = args_from_params(params)
+    try:
+        args = args_from_params(params)
+    except CliError as err:
+        fail(err)
     logs.configure(log_level.value, sys.stderr if fmt is OutputFormat.json else sys.stdout)
     outcome = run_job(
         lambda: run_finetune(args),

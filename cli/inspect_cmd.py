@@ -19,6 +19,7 @@ from hf_sparseout_cli.options import (
     QOpt,
     ReportFormat,
     TargetsOpt,
+    insert_patterns,
     split_patterns,
 )
 
@@ -34,7 +35,7 @@ def sparseout_config(p, q, targets, exclude, attention, insert, gradient):
             targets=split_patterns(targets),
             exclude=split_patterns(exclude),
             attention=attention.value,
-            insert=split_patterns(insert),
+            insert=insert_patterns(insert),
             gradient=gradient.value,
         )
     except ValueError as err:

@@ -12,7 +12,7 @@ import typer.rich_utils
 from hf_sparseout.version import __version__
 from hf_sparseout_cli.env_cmd import env
 from hf_sparseout_cli.errors import ErrorReportingGroup
-from hf_sparseout_cli.finetune_cmd import finetune
+from hf_sparseout_cli.finetune_cmd import FinetuneCommand, finetune
 from hf_sparseout_cli.inspect_cmd import inspect
 from hf_sparseout_cli.push_cmd import push
 from hf_sparseout_cli.sweep_cmd import CONTEXT_SETTINGS, sweep
@@ -49,7 +49,7 @@ def _root(
     """Sparseout for Hugging Face transformers."""
 
 
-app.command("finetune")(finetune)
+app.command("finetune", cls=FinetuneCommand)(finetune)
 app.command("inspect")(inspect)
 app.command("push")(push)
 app.command("sweep", context_settings=CONTEXT_SETTINGS)(sweep)

@@ -95,7 +95,8 @@ InsertOpt = Annotated[
     list[str] | None,
     typer.Option(
         "--insert",
-        help="Module names/suffixes whose outputs get a new Sparseout site (e.g. mlp.act_fn); needs --p.",
+        help="Module names/suffixes whose outputs get a new Sparseout site (e.g. mlp.act_fn), or 'mlp': the "
+        "MLP hidden units of any supported family; needs --p (0 for measured identity sites).",
         rich_help_panel=SPARSEOUT,
     ),
 ]
@@ -107,6 +108,12 @@ GradientOpt = Annotated[
         rich_help_panel=SPARSEOUT,
     ),
 ]
+
+
+def insert_patterns(values: list[str] | None) -> list[str] | str | None:
+    """As :func:`split_patterns`, except that a lone ``mlp`` is the ``insert="mlp"`` preset (the MLP hidden units)."""
+    patterns = split_patterns(values)
+    return "mlp" if patterns == ["mlp"] else patterns
 
 
 def split_patterns(values: list[str] | None) -> list[str] | str | None:

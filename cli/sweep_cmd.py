@@ -39,7 +39,7 @@ def finetune_command() -> TyperCommand:
 
 
 def _pass_through_options(command: TyperCommand) -> list[str]:
-    own = {"q", "p", "baseline", "output_dir", "overwrite_output_dir", "fmt", *NOT_PASSED}
+    own = {"q", "p", "baseline", "no_baseline", "output_dir", "overwrite_output_dir", "fmt", *NOT_PASSED}
     return [opt for prm in command.params if prm.name not in own for opt in (*prm.opts, *prm.secondary_opts)]
 
 

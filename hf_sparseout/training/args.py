@@ -14,6 +14,9 @@ __all__ = ["PRECISIONS", "SCHEDULERS", "TASKS", "FinetuneArgs", "UsageError"]
 TASKS = ("causal-lm", "classification")
 SCHEDULERS = ("linear", "cosine", "constant")
 PRECISIONS = ("no", "fp16", "bf16")
+BASELINES = ("dropout", "none", "both")
+"""``--baseline`` kinds: plain dropout at the same sites (q = 2), p = 0 at the same sites, or both."""
+NOISE_MODES = ("raw", "matched")
 
 
 @dataclass
@@ -46,7 +49,10 @@ class FinetuneArgs:
     attention: str = "sparseout"
     insert: list[str] | str | None = None
     gradient: str = "reference"
-    baseline: bool | None = None
+    baseline: bool | str | None = None
+    noise: str = "raw"
+    lq_penalty: float | None = None
+    lq_q: float | None = None
     # training
     epochs: float | None = None
     max_steps: int | None = None
@@ -121,6 +127,18 @@ class FinetuneArgs:
             raise UsageError(
                 "--hub-model-id is only used with --push-to-hub", "add --push-to-hub, or drop --hub-model-id"
             )
+        if isinstance(self.baseline, str) and self.baseline not in BASELINES:
+            raise UsageError(f"--baseline must be one of {', '.join(BASELINES)}, got {self.baseline!r}")
+        if self.noise not in NOISE_MODES:
+            raise UsageError(f"--noise must be one of {', '.join(NOISE_MODES)}, got {self.noise!r}")
+        if self.lq_penalty is not None and not (math.isfinite(self.lq_penalty) and self.lq_penalty > 0):
+            raise UsageError(
+                f"--lq-penalty must be a finite weight > 0, got {self.lq_penalty}", "e.g. --lq-penalty 1e-3"
+            )
+        if self.lq_q is not None and self.lq_penalty is None:
+            raise UsageError("--lq-q is only used with --lq-penalty", "add --lq-penalty WEIGHT, or drop --lq-q")
+        if self.lq_q is not None and not (math.isfinite(self.lq_q) and self.lq_q > 0):
+            raise UsageError(f"--lq-q must be a finite exponent > 0, got {self.lq_q}", "e.g. --lq-q 1")
         if self.text_pair_column and self.task == "causal-lm":
             raise UsageError("--text-pair-column is for --task classification")
         if self.label_column and self.task == "causal-lm":
@@ -168,6 +186,10 @@ class FinetuneArgs:
         """
         if self.baseline is None:
             self.baseline = self.offline_default
+        if self.baseline is True:
+            self.baseline = "dropout"
+        if self.lq_penalty is not None and self.lq_q is None:
+            self.lq_q = 1.0
         if self.epochs is None:
             demo = 3.0 if self.task == "classification" else 6.0
             self.epochs = demo if self.offline_default and self.max_steps is None else 1.0

@@ -6,6 +6,7 @@ The baseline is the same patch with ``q = 2``: Sparseout at q = 2 *is* inverted 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ import hf_sparseout
 from hf_sparseout.logs import get_logger
 from hf_sparseout.training import checkpoints, threshold_curve
 from hf_sparseout.training.args import FinetuneArgs, UsageError
+from hf_sparseout.training.diagnostics import best_eval, grad_norm_summary, mean_since
 from hf_sparseout.training.evaluation import evaluate
 from hf_sparseout.training.modeling import check_input_length, enable_checkpointing
 from hf_sparseout.training.sparsity import make_monitor, summarize
@@ -45,23 +47,54 @@ class RunResult:
     model: Any = None
     curve: Any = None
     """The final evaluation's ``SparsityCurve`` (``--sparsity-curve``), else None."""
+    p: float | None = None
+    """The p every site got (``None``: each site's own), e.g. 0 for the p = 0 control."""
+    penalty: bool = False
+    """Whether this run trained with ``--lq-penalty``."""
+    init: dict[str, Any] = field(default_factory=dict)
+    """Sparsity of the untrained model on the eval data (``hoyer``, ``relative_near_zero_fraction``)."""
+    grad_norms: list[tuple[int, float]] = field(default_factory=list)
+    """Gradient norm before clipping at every optimizer step."""
+    log_every: int = 1
 
     @property
     def final(self) -> dict[str, Any]:
         """The last evaluation's metrics (with overall Hoyer sparsity)."""
         return self.evals[-1] if self.evals else {}
 
+    def diagnostics(self, task: str) -> dict[str, Any]:
+        """``best_eval_*`` and its step, ``hoyer_init`` and ``grad_norm`` (median, max, per logging step)."""
+        return {
+            **best_eval(self.evals, task),
+            "hoyer_init": self.init.get("hoyer"),
+            "relative_near_zero_fraction_init": self.init.get("relative_near_zero_fraction"),
+            "grad_norm": grad_norm_summary(self.grad_norms, self.log_every),
+        }
 
-def sparseout_config(args: FinetuneArgs, q: float) -> hf_sparseout.SparseoutConfig:
-    """The patch for a run: the user's Sparseout options, with ``q`` for this run."""
+
+def sparseout_config(args: FinetuneArgs, q: float, p: float | None = None) -> hf_sparseout.SparseoutConfig:
+    """The patch for a run: the user's Sparseout options, with ``q`` (and ``p``, if given) for this run.
+
+    ``--noise`` is passed on when ``SparseoutConfig`` has a ``noise`` field (the scale-matched op of
+    issue 14); without it ``--noise matched`` is a usage error and ``raw`` is the op itself.
+    """
+    extra: dict[str, Any] = {}
+    if "noise" in {f.name for f in dataclasses.fields(hf_sparseout.SparseoutConfig)}:
+        extra["noise"] = args.noise
+    elif args.noise != "raw":
+        raise UsageError(
+            f"--noise {args.noise} needs the scale-matched Sparseout op, which this hf-sparseout build does not have",
+            "use --noise raw (the paper's op), or upgrade hf-sparseout",
+        )
     return hf_sparseout.SparseoutConfig(
-        p=args.p,
+        p=args.p if p is None else p,
         q=q,
         targets=args.targets,
         exclude=args.exclude,
         attention=args.attention,
         insert=args.insert,
         gradient=args.gradient,
+        **extra,
     )
 
 
@@ -112,8 +145,15 @@ def run(
     collate: Any,
     task: str,
     num_labels: int | None,
+    p: float | None = None,
+    penalty: bool = False,
 ) -> RunResult:
-    """Train one model (``name`` = ``sparseout`` or ``baseline``) and evaluate it along the way."""
+    """Train one model (``name`` = ``sparseout``, ``baseline`` or ``p0``) and evaluate it along the way.
+
+    ``p`` overrides ``args.p`` for every site (0 for the p = 0 control); ``penalty`` adds
+    ``--lq-penalty`` to the loss. Before training, the untrained model's sparsity on the eval data
+    is measured (``RunResult.init``); every optimizer step records the gradient norm before clipping.
+    """
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm
     from transformers import get_scheduler
@@ -126,10 +166,16 @@ def run(
     if args.gradient_checkpointing:
         enable_checkpointing(model)
     try:
-        report = hf_sparseout.patch(model, sparseout_config(args, q))
+        report = hf_sparseout.patch(model, sparseout_config(args, q, p))
     except ValueError as err:  # a pattern that matches nothing in this model, nothing to patch, ...
         raise UsageError(str(err), "run hf-sparseout inspect on the model to see its sites") from err
     threshold_curve.check_sites(model, args)  # --sparsity-sites must match before any training
+    lq = None
+    if penalty and args.lq_penalty:
+        try:
+            lq = hf_sparseout.LqPenalty(model, q=args.lq_q or 1.0, weight=args.lq_penalty)
+        except ValueError as err:
+            raise UsageError(str(err), "see --lq-penalty, --lq-q and the sites in hf-sparseout inspect") from err
     generator = torch.Generator().manual_seed(args.seed)
     train_dl = DataLoader(train_set, batch_size=args.batch_size, shuffle=True, collate_fn=collate, generator=generator)
     eval_dl = DataLoader(eval_set, batch_size=args.batch_size, shuffle=False, collate_fn=collate)
@@ -147,7 +193,7 @@ def run(
         num_training_steps=max(total, 1) * n,
     )
     model, optimizer, train_dl, eval_dl, scheduler = accelerator.prepare(model, optimizer, train_dl, eval_dl, scheduler)
-    result = RunResult(name, q, report, model=model)
+    result = RunResult(name, q, report, model=model, p=args.p if p is None else p, penalty=lq is not None)
     signature = _signature(args, model, name, q)
     ckpt_dir = checkpoints.run_dir(args.output_dir, name)
     epoch = batch_in_epoch = 0
@@ -158,13 +204,33 @@ def run(
             result.global_step, epoch, batch_in_epoch = state["global_step"], state["epoch"], state["batch_in_epoch"]
             result.evals, result.train_loss = state.get("evals", []), [tuple(x) for x in state.get("train_loss", [])]
             result.learning_rate = [tuple(x) for x in state.get("learning_rate", [])]
+            result.init = state.get("init", {})
+            result.grad_norms = [tuple(x) for x in state.get("grad_norms", [])]
             logger.info(f"[{name}] resumed from {path} at step {result.global_step}")
 
-    def do_eval() -> None:
+    last_eval = {"step": result.evals[-1]["step"] if result.evals else 0}
+    penalty_terms: list[torch.Tensor] = []
+
+    def measure() -> tuple[dict[str, Any], dict[str, Any]]:
         monitor = make_monitor(accelerator.unwrap_model(model))
         metrics = evaluate(model, eval_dl, accelerator, task, num_labels, monitor=monitor)
         sparsity = summarize(monitor)
         metrics["hoyer"] = sparsity["overall"]["hoyer"]
+        metrics["relative_near_zero_fraction"] = sparsity["overall"]["relative_near_zero_fraction"]
+        return metrics, sparsity
+
+    if not result.init:  # the untrained model on the same eval data (a resumed run kept its own)
+        metrics, _ = measure()
+        result.init = {k: metrics[k] for k in ("hoyer", "relative_near_zero_fraction")}
+
+    def do_eval() -> None:
+        metrics, sparsity = measure()
+        # the mean training loss (in training mode, with the noise) since the previous evaluation
+        metrics["train_loss"] = mean_since(result.train_loss, last_eval["step"], result.global_step)
+        if lq is not None and penalty_terms:
+            metrics["lq_penalty"] = torch.stack(penalty_terms).float().mean().item()
+            penalty_terms.clear()
+        last_eval["step"] = result.global_step
         result.sparsity = sparsity
         result.evals.append({"step": result.global_step, **metrics})
         shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float))
@@ -178,6 +244,7 @@ def run(
     start, seen_units = time.perf_counter(), 0
     last_save = time.monotonic()
     eval_every = args.eval_steps or (max(1, math.ceil(total / 4)) if args.offline_default else None)
+    result.log_every = eval_every or max(1, math.ceil(total / 10))
     model.train()
     running = torch.zeros(())
     while result.global_step < total:
@@ -186,11 +253,17 @@ def run(
         for batch in loader:
             with accelerator.accumulate(model):
                 loss = model(**batch).loss
-                accelerator.backward(loss)
+                if lq is not None:
+                    term = lq()
+                    accelerator.backward(loss + term)
+                    penalty_terms.append(term.detach())
+                else:
+                    accelerator.backward(loss)
                 if accelerator.sync_gradients:
                     step_lr = scheduler.get_last_lr()[0]  # the rate this optimizer step uses
-                    if args.max_grad_norm > 0:
-                        accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                    # clip_grad_norm_ returns the norm before clipping; max_norm=inf only measures it
+                    clip = args.max_grad_norm if args.max_grad_norm > 0 else math.inf
+                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), clip)
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad()
@@ -204,7 +277,10 @@ def run(
             result.global_step += 1
             if accelerator.num_processes > 1:  # the mean over every process's batch, as one process would see it
                 running = accelerator.reduce(running, reduction="mean")
-            avg = running.item()  # one sync per optimizer step, for the log and the progress bar
+            # one sync per optimizer step, for the log, the progress bar and the gradient norm
+            norm_t = torch.as_tensor(float("nan") if grad_norm is None else grad_norm, dtype=running.dtype)
+            avg, norm = torch.stack([running, norm_t.to(running.device)]).tolist()
+            result.grad_norms.append((result.global_step, norm))
             running = torch.zeros((), device=loss.device)
             result.train_loss.append((result.global_step, avg))
             lr = step_lr
@@ -227,6 +303,8 @@ def run(
                     "train_loss": result.train_loss,
                     "learning_rate": result.learning_rate,
                     "signature": signature,
+                    "init": result.init,
+                    "grad_norms": result.grad_norms,
                 }
                 checkpoints.save_checkpoint(accelerator, ckpt_dir, state, args.save_total_limit)
             if result.global_step >= total:

@@ -30,14 +30,23 @@ def summary_rows(results: list[RunResult], task: str) -> list[dict[str, Any]]:
     rows = []
     for r in results:
         final = r.final
+        diag = r.diagnostics(task)
         rows.append(
             {
                 "run": r.name,
+                "p": r.p,
                 "q": r.q,
                 key: final.get(key),
+                f"best_eval_{key}": diag.get(f"best_eval_{key}"),
+                "best_step": diag.get("best_eval_step"),
                 **({"f1_macro": final.get("f1_macro")} if task == "classification" else {}),
                 "eval_loss": final.get("eval_loss"),
+                "train_loss": final.get("train_loss"),
                 "hoyer": final.get("hoyer"),
+                "hoyer_init": diag["hoyer_init"],
+                "rel_near_zero": final.get("relative_near_zero_fraction"),
+                "grad_norm_median": diag["grad_norm"]["median"],
+                "grad_norm_max": diag["grad_norm"]["max"],
                 "sites": len(r.report.sparseout_sites),
                 "measured": len(r.sparsity.get("sites", {})),
                 "steps": r.global_step,
@@ -52,7 +61,9 @@ def summary_rows(results: list[RunResult], task: str) -> list[dict[str, Any]]:
 def unmeasured_sites(result: RunResult) -> list[str]:
     """Sparseout sites of ``result`` that the eval pass never reached (attention probabilities)."""
     measured = set(result.sparsity.get("sites", {}))
-    return [s.name for s in result.report.sparseout_sites if s.name not in measured]
+    # the monitor names a site by its Sparseout module (``<module>.sparseout`` for inserted sites,
+    # ``<owner>.<attr>_sparseout`` for functional ones), the report by the site
+    return [s.name for s in result.report.sparseout_sites if (s.module or s.name) not in measured]
 
 
 def write_metrics(
@@ -68,6 +79,10 @@ def write_metrics(
         "runs": {
             r.name: {
                 "q": r.q,
+                "p": r.p,
+                "lq_penalty": r.penalty,
+                **r.diagnostics(task),
+                "init": r.init,
                 "evals": r.evals,
                 "train_loss": r.train_loss,
                 "learning_rate": r.learning_rate,
@@ -203,6 +218,12 @@ def write_report(out: Path, args: FinetuneArgs, results: list[RunResult], task: 
                 "models pass dropout 0 to attention in eval, so an eval pass never reaches them (not measured).",
             ]
     lines += _curve_lines(results, cell)
+    lines += [
+        "",
+        "hoyer_init: the untrained model on the same eval data. train_loss: mean training loss (training mode, "
+        "with the noise) since the previous evaluation. rel_near_zero: share of entries with |a| <= 0.1 * rms "
+        "of their vector. grad_norm: before clipping, over every optimizer step (per logging step in metrics.json).",
+    ]
     lines += ["", *(f"![{name}]({file})" for name, file in PLOTS.items()), ""]
     lines += ["## Options", "", "```json", args.to_json(), "```", ""]
     path = out / "report.md"
@@ -247,7 +268,11 @@ def write_run_file(
                 "hub_model_id",
             )
         },
-        "results": {"sparseout": final(main), "baseline": final(results[1]) if len(results) > 1 else None},
+        "results": {
+            "sparseout": final(main),
+            "baseline": next((final(r) for r in results if r.name == "baseline"), None),
+            "p0": next((final(r) for r in results if r.name == "p0"), None),
+        },
         "plots": dict(PLOTS),
     }
     path = out / RUN_FILE

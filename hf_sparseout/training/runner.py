@@ -1,4 +1,4 @@
-"""``finetune(args)``: data → tokenizer → model → Sparseout run (+ dropout baseline) → files."""
+"""``finetune(args)``: data → tokenizer → model → Sparseout run (+ dropout and/or p = 0 controls) → files."""
 
 from __future__ import annotations
 
@@ -19,6 +19,16 @@ from hf_sparseout.training.threshold_curve import save_thresholds
 
 logger = get_logger(__name__)
 
+CONTROLS = ("baseline", "p0")
+"""The control runs beside the main one: ``baseline`` (plain dropout, q = 2) and ``p0`` (p = 0), same sites."""
+
+
+def control_runs(baseline: bool | str | None) -> list[str]:
+    """Which control runs ``--baseline`` asks for: dropout -> baseline, none -> p0, both -> both."""
+    if not baseline:
+        return []
+    return {"dropout": ["baseline"], "none": ["p0"], "both": ["baseline", "p0"]}[baseline]
+
 
 @dataclass
 class FinetuneOutcome:
@@ -36,7 +46,7 @@ class FinetuneOutcome:
 
 
 def _checkpoints_in(out: Path) -> list[Path]:
-    return [c for r in ("sparseout", "baseline") for c in checkpoints.list_checkpoints(checkpoints.run_dir(out, r))]
+    return [c for r in ("sparseout", *CONTROLS) for c in checkpoints.list_checkpoints(checkpoints.run_dir(out, r))]
 
 
 def check_output_dir(args: FinetuneArgs) -> Path:
@@ -71,17 +81,18 @@ def check_output_dir(args: FinetuneArgs) -> Path:
         )
     check_writable(out)
     if non_empty and args.overwrite_output_dir and not args.resume_from_checkpoint:
-        for stale in ("checkpoints", "baseline"):
+        for stale in ("checkpoints", *CONTROLS):
             shutil.rmtree(out / stale, ignore_errors=True)
     remove_stale_staging(out)
-    remove_stale_staging(out / "baseline")
+    for control in CONTROLS:
+        remove_stale_staging(out / control)
     return out
 
 
 def interrupted_message(args: FinetuneArgs) -> str:
     """What an interrupted ``finetune`` left: a checkpoint to resume from, or nothing to resume."""
     out = Path(args.output_dir).expanduser().resolve()
-    runs = (checkpoints.list_checkpoints(checkpoints.run_dir(out, r)) for r in ("sparseout", "baseline"))
+    runs = (checkpoints.list_checkpoints(checkpoints.run_dir(out, r)) for r in ("sparseout", *CONTROLS))
     latest = [str(found[-1].relative_to(out)) for found in runs if found]
     if latest:
         return f"complete checkpoints are intact ({', '.join(latest)}); continue with --resume-from-checkpoint latest"
@@ -157,7 +168,9 @@ def _push(out: Path, args: FinetuneArgs) -> str:
     from hf_sparseout.hub.push import PushError
 
     try:
-        result = push_checkpoint(out, args.hub_model_id, ignore_patterns=["checkpoints/*", "baseline/*"])
+        result = push_checkpoint(
+            out, args.hub_model_id, ignore_patterns=["checkpoints/*", *(f"{c}/*" for c in CONTROLS)]
+        )
     except PushError as err:
         raise UsageError(
             f"the run finished and is saved in {str(out)!r}, but the push failed: {err}",
@@ -218,12 +231,13 @@ def finetune(args: FinetuneArgs, end_training: bool = True) -> FinetuneOutcome:
         task=task,
         num_labels=prepared.num_labels,
     )
-    results = [run("sparseout", args.q, args, **common)]
-    if args.baseline:
-        results.append(run("baseline", 2.0, args, **common))
+    # The controls share the seed, data order and sites; only the main run gets --lq-penalty.
+    results = [run("sparseout", args.q, args, **common, penalty=True)]
+    for name in control_runs(args.baseline):
+        results.append(run(name, 2.0, args, **common, p=0.0 if name == "p0" else None))
     save_final(results[0], accelerator, tokenizer, out)
-    if args.baseline:
-        save_final(results[1], accelerator, tokenizer, out / "baseline")
+    for result in results[1:]:
+        save_final(result, accelerator, tokenizer, out / result.name)
     files: dict[str, str] = {}
     if accelerator.is_main_process:
         for result, directory in zip(results, (out, out / "baseline"), strict=False):

@@ -214,6 +214,13 @@ def _read_record(root: Path, point: GridPoint, status: str) -> tuple[str, dict[s
         "steps": row.get("steps"),
         "sparsity_at_1pct": row.get("sparsity_at_1pct"),
         "sparsity_at_5pct": row.get("sparsity_at_5pct"),
+        # issue 14 diagnostics (absent from runs written before them)
+        f"best_eval_{key}": row.get(f"best_eval_{key}"),
+        "best_step": row.get("best_step"),
+        "train_loss": row.get("train_loss"),
+        "hoyer_init": row.get("hoyer_init"),
+        "relative_near_zero_fraction": row.get("rel_near_zero"),
+        "grad_norm_median": row.get("grad_norm_median"),
     }
     run = data.get("runs", {}).get("sparseout", {})
     record["throughput"] = run.get("throughput")
