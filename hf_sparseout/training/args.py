@@ -186,8 +186,6 @@ class FinetuneArgs:
         """
         if self.baseline is None:
             self.baseline = self.offline_default
-        if self.baseline is True:
-            self.baseline = "dropout"
         if self.lq_penalty is not None and self.lq_q is None:
             self.lq_q = 1.0
         if self.epochs is None:

@@ -24,10 +24,12 @@ CONTROLS = ("baseline", "p0")
 
 
 def control_runs(baseline: bool | str | None) -> list[str]:
-    """Which control runs ``--baseline`` asks for: dropout -> baseline, none -> p0, both -> both."""
+    """Which control runs ``--baseline`` asks for: dropout (or True) -> baseline, none -> p0, both -> both."""
     if not baseline:
         return []
-    return {"dropout": ["baseline"], "none": ["p0"], "both": ["baseline", "p0"]}[baseline]
+    return {"dropout": ["baseline"], "none": ["p0"], "both": ["baseline", "p0"]}[
+        "dropout" if baseline is True else baseline
+    ]
 
 
 @dataclass
