@@ -155,6 +155,7 @@ def test_pass_through_options_map_like_finetune():
     assert set(inspect.signature(finetune).parameters) == {f for f in FinetuneArgs.__dataclass_fields__} | {
         "fmt",
         "log_level",
+        "no_baseline",  # mapped onto FinetuneArgs.baseline=False by args_from_params
     }
     assert args_from_params(parse_finetune_options([])) == FinetuneArgs()
     args = args_from_params(
