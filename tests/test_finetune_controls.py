@@ -114,3 +114,12 @@ def test_bare_baseline_flags_keep_working():
     assert normalise_argv(["--baseline", "--q", "2"]) == ["--baseline=dropout", "--q", "2"]
     assert normalise_argv(["--baseline", "none", "--q", "2"]) == ["--baseline", "none", "--q", "2"]
     assert normalise_argv(["--no-baseline"]) == ["--no-baseline"]
+
+
+def test_noise_reaches_the_patch_config():
+    from hf_sparseout.training.args import FinetuneArgs
+    from hf_sparseout.training.loop import sparseout_config
+
+    assert sparseout_config(FinetuneArgs(noise="matched", p=0.1), 1.5).noise == "matched"
+    assert sparseout_config(FinetuneArgs(p=0.1), 1.5, p=0.0).noise == "raw"
+    assert sparseout_config(FinetuneArgs(p=0.1), 1.5, p=0.0).p == 0.0

@@ -9,6 +9,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 import hf_sparseout
 from hf_sparseout import LqPenalty, SparseoutConfig
+from hf_sparseout.training.modeling import enable_checkpointing
 
 
 class TwoBranches(nn.Module):
@@ -175,7 +176,7 @@ def test_gradient_checkpointing_gives_the_same_penalty_and_gradients():
         model = tiny_gpt2()
         hf_sparseout.patch(model, SparseoutConfig(p=0.0))
         if checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            enable_checkpointing(model)  # non-reentrant, through transformers' current API
         model.train()
         penalty = LqPenalty(model, q=1.5, weight=10.0)
         ids = torch.randint(0, 64, (2, 6), generator=torch.Generator().manual_seed(3))
