@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from typer.core import TyperCommand
 
-from hf_sparseout_cli.errors import CliError, fail, run_job
+from hf_sparseout_cli.errors import CliError, run_job
 from hf_sparseout_cli.options import (
     AttentionMode,
     AttentionOpt,
@@ -359,10 +359,7 @@ def finetune(
     from hf_sparseout.training.runner import finetune as run_finetune
     from hf_sparseout.training.runner import interrupted_message
 
-    try:
-        args = args_from_params(params)
-    except CliError as err:
-        fail(err)
+    args = args_from_params(params)  # a CliError is printed by the app's group (exit 2)
     logs.configure(log_level.value, sys.stderr if fmt is OutputFormat.json else sys.stdout)
     outcome = run_job(
         lambda: run_finetune(args),

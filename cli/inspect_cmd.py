@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from hf_sparseout_cli.errors import CliError, fail
+from hf_sparseout_cli.errors import CliError
 from hf_sparseout_cli.options import (
     AttentionMode,
     AttentionOpt,
@@ -88,18 +88,16 @@ def inspect(
     import hf_sparseout
     from hf_sparseout.loading import ModelNotAvailableError, load_model
 
+    # Errors are raised as CliError (an HfSparseoutError) and printed once by the app's group (exit 2).
+    config = sparseout_config(p, q, targets, exclude, attention, insert, gradient)
     try:
-        config = sparseout_config(p, q, targets, exclude, attention, insert, gradient)
-        try:
-            loaded = load_model(model, task=task, attn_implementation=attn_implementation)
-        except (ModelNotAvailableError, ValueError) as err:
-            raise CliError(str(err), "MODEL is a local directory or a Hub id; offline, use a local path") from err
-        try:
-            report = (hf_sparseout.patch if verify else hf_sparseout.inspect)(loaded, config)
-        except ValueError as err:
-            raise CliError(str(err), "adjust --targets/--exclude/--insert to the names listed") from err
-    except CliError as err:
-        fail(err)
+        loaded = load_model(model, task=task, attn_implementation=attn_implementation)
+    except (ModelNotAvailableError, ValueError) as err:
+        raise CliError(str(err), "MODEL is a local directory or a Hub id; offline, use a local path") from err
+    try:
+        report = (hf_sparseout.patch if verify else hf_sparseout.inspect)(loaded, config)
+    except ValueError as err:
+        raise CliError(str(err), "adjust --targets/--exclude/--insert to the names listed") from err
     if not verify:
         typer.echo(report.to_json() if fmt is ReportFormat.json else report.to_table())
         return

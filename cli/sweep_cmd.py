@@ -15,7 +15,7 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperCommand
 
-from hf_sparseout_cli.errors import CliError, fail, run_job
+from hf_sparseout_cli.errors import CliError, run_job
 from hf_sparseout_cli.finetune_cmd import args_from_params, finetune
 from hf_sparseout_cli.options import OutputFormat
 
@@ -144,19 +144,15 @@ def sweep(
     from hf_sparseout.training.sweep import DEFAULT_QS, parse_seeds, parse_values
     from hf_sparseout.training.sweep import sweep as run_sweep
 
-    try:
-        qs = parse_values(q, "--q") if q else list(DEFAULT_QS)
-        ps: list[float | None] = parse_values(p, "--p") if p else [None]
-        if seeds is not None and seed_list is not None:
-            raise UsageError("--seeds and --seed-list are exclusive", "give --seeds 3 or --seed-list 0,7")
-        if seeds is not None and seeds < 1:
-            raise UsageError(f"--seeds must be >= 1, got {seeds}")
-        seed_values = parse_seeds(seed_list) if seed_list is not None else list(range(3 if seeds is None else seeds))
-        params = parse_finetune_options(ctx.args)
-    except UsageError as err:
-        fail(CliError(str(err), err.hint))
-    except CliError as err:
-        fail(err)
+    # UsageError / CliError are printed once by the app's group (exit 2).
+    qs = parse_values(q, "--q") if q else list(DEFAULT_QS)
+    ps: list[float | None] = parse_values(p, "--p") if p else [None]
+    if seeds is not None and seed_list is not None:
+        raise UsageError("--seeds and --seed-list are exclusive", "give --seeds 3 or --seed-list 0,7")
+    if seeds is not None and seeds < 1:
+        raise UsageError(f"--seeds must be >= 1, got {seeds}")
+    seed_values = parse_seeds(seed_list) if seed_list is not None else list(range(3 if seeds is None else seeds))
+    params = parse_finetune_options(ctx.args)
     params.update(output_dir=output_dir, overwrite_output_dir=overwrite_output_dir, baseline=baseline)
     args = args_from_params(params)
     import sys
