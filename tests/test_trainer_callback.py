@@ -145,6 +145,7 @@ def _script(prefix: list[str], out: Path) -> dict:
     return json.loads(out.read_text())
 
 
+@pytest.mark.slow
 def test_two_processes_give_the_one_process_figures(tmp_path):
     # 7 eval rows in per-device batches of 2: accelerate repeats a sample on the last batch of 2 processes.
     one = _script([sys.executable], tmp_path / "one.json")
