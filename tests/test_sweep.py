@@ -172,6 +172,7 @@ def test_pass_through_options_map_like_finetune():
 # ---- the command ----
 
 
+@pytest.mark.slow
 def test_tiny_grid_writes_every_run_and_the_summaries(tiny_sweep):
     out, printed = tiny_sweep
     runs = {(q, s): out / f"q{q:g}" / f"seed{s}" for q in (1.0, 2.0) for s in (0, 1)}
@@ -210,6 +211,7 @@ def test_tiny_grid_writes_every_run_and_the_summaries(tiny_sweep):
     assert (out / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_tiny_grid_summarises_sites_and_time_against_dropout(tiny_sweep):
     out, _ = tiny_sweep
     stored = json.loads((out / "sweep.json").read_text())
@@ -233,6 +235,7 @@ def test_tiny_grid_summarises_sites_and_time_against_dropout(tiny_sweep):
     assert (out / "sweep_sites.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_resume_retrains_only_the_unfinished_run(tiny_sweep, data, tmp_path):
     source, _ = tiny_sweep
     out = tmp_path / "out"
@@ -272,6 +275,7 @@ def test_resume_retrains_only_the_unfinished_run(tiny_sweep, data, tmp_path):
     assert result.exit_code == 2 and "differs in: max_steps" in result.output
 
 
+@pytest.mark.slow
 def test_interrupted_sweep_resumes_from_the_checkpoint(data, tmp_path, monkeypatch):
     from hf_sparseout.training import checkpoints
 
