@@ -35,3 +35,7 @@ class ModelNotAvailableError(HfSparseoutError, OSError):
 
 class PushError(HfSparseoutError):
     """A push that cannot go ahead."""
+
+
+class MissingDependencyError(HfSparseoutError, ImportError):
+    """An optional package that a requested feature needs is not installed (the hint is the pip command)."""

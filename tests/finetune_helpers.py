@@ -40,14 +40,24 @@ def write_labelled_csv(path: Path, rows: int = 80) -> Path:
     return path
 
 
-def invoke(*args: str):
-    """Run ``hf-sparseout finetune`` in-process; returns the CliRunner result."""
+def reset_accelerate_state() -> None:
+    """Forget accelerate's process state (one in-process run must not configure the next)."""
     from accelerate.state import AcceleratorState
 
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def invoke_cli(command: str, *args: str):
+    """Run ``hf-sparseout COMMAND ARGS`` in-process, then reset accelerate's state; returns the CliRunner result."""
     try:
-        return CliRunner().invoke(app, ["finetune", *args])
+        return CliRunner().invoke(app, [command, *args])
     finally:
-        AcceleratorState._reset_state(reset_partial_state=True)
+        reset_accelerate_state()
+
+
+def invoke(*args: str):
+    """Run ``hf-sparseout finetune`` in-process; returns the CliRunner result."""
+    return invoke_cli("finetune", *args)
 
 
 def json_tail(output: str) -> dict:

@@ -87,11 +87,13 @@ def test_float64_and_cpu_are_not_triton_inputs():
     assert not backend.use_triton(torch.randn(4, dtype=torch.float64))
 
 
+@pytest.mark.slow
 def test_import_does_not_import_triton():
     code = "import sys, hf_sparseout, hf_sparseout.ops.backend; assert 'triton' not in sys.modules, 'triton imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+@pytest.mark.slow
 def test_custom_op_module_imports_without_triton_and_registers_ops():
     code = (
         "import sys, torch, hf_sparseout.kernels.sparseout_op as m\n"
@@ -115,6 +117,7 @@ def test_fake_impl_shapes_on_meta():
     assert gi.shape == x.shape and gi.dtype == x.dtype
 
 
+@pytest.mark.slow
 def test_dispatch_compiles_without_graph_breaks_on_cpu():
     def f(x):
         return hf_sparseout.sparseout(x, p=0.2, q=1.5) * 2

@@ -5,6 +5,7 @@ import shutil
 import subprocess
 import sys
 
+import pytest
 from typer.testing import CliRunner
 
 from hf_sparseout import __version__
@@ -38,6 +39,7 @@ def test_unknown_command_is_an_error():
     assert result.exit_code == 2
 
 
+@pytest.mark.slow
 def test_console_script_is_installed():
     exe = shutil.which("hf-sparseout")
     assert exe is not None, "pip install -e . should install the hf-sparseout console script"
@@ -45,6 +47,7 @@ def test_console_script_is_installed():
     assert __version__ in out
 
 
+@pytest.mark.slow
 def test_cli_is_not_installed_as_top_level_cli_module(tmp_path):
     # Run outside the checkout, so only what is installed is importable.
     code = "import importlib.util as u; print(u.find_spec('hf_sparseout_cli') is not None, u.find_spec('cli'))"

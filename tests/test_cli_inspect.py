@@ -100,6 +100,7 @@ def test_bad_paths_exit_2(tmp_path, gpt2_dir):
     assert result.exit_code == 2 and "is a file" in " ".join(result.output.split())
 
 
+@pytest.mark.slow
 def test_hub_id_offline_names_hf_hub_offline(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path)}
     out = subprocess.run(

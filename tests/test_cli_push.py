@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_model_card import write_run_dir
-from test_push import TOKEN, UPLOADED, hub  # noqa: F401  (the fake-Hub fixture)
+from fake_hub import TOKEN, UPLOADED
+from run_dirs import write_run_dir
 from typer.testing import CliRunner
 
 from hf_sparseout_cli.main import app
@@ -14,18 +14,11 @@ from hf_sparseout_cli.main import app
 runner = CliRunner()
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("cli-push") / "run"
-    write_run_dir(directory)
-    return directory
-
-
 def invoke(*args: str):
     return runner.invoke(app, ["push", *args])
 
 
-def test_dry_run_text(hub, run_dir):  # noqa: F811
+def test_dry_run_text(hub, run_dir):
     result = invoke(str(run_dir), "--repo-id", "me/gpt2-sparseout", "--dry-run")
     assert result.exit_code == 0, result.output
     assert "Dry run: would push 7 file(s) to me/gpt2-sparseout" in result.output
@@ -37,7 +30,7 @@ def test_dry_run_text(hub, run_dir):  # noqa: F811
     assert hub.requests == []
 
 
-def test_dry_run_json(hub, run_dir):  # noqa: F811
+def test_dry_run_json(hub, run_dir):
     result = invoke(str(run_dir), "--repo-id", "me/m", "--dry-run", "--revision", "dev", "--format", "json")
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
@@ -47,7 +40,7 @@ def test_dry_run_json(hub, run_dir):  # noqa: F811
     assert hub.requests == []
 
 
-def test_push(hub, tmp_path):  # noqa: F811
+def test_push(hub, tmp_path):
     write_run_dir(tmp_path / "run")
     result = invoke(
         str(tmp_path / "run"), "--repo-id", "org/m", "--private", "--revision", "v1", "--commit-message", "first"
@@ -70,7 +63,7 @@ def test_push(hub, tmp_path):  # noqa: F811
         ("network", ["--repo-id", "me/m"], "cannot reach the Hugging Face Hub", "--dry-run"),
     ],
 )
-def test_errors_exit_2_with_a_hint(hub, run_dir, tmp_path, monkeypatch, setup, args, message, hint):  # noqa: F811
+def test_errors_exit_2_with_a_hint(hub, run_dir, tmp_path, monkeypatch, setup, args, message, hint):
     directory = run_dir
     if setup == "plain":
         directory = tmp_path / "plain"
@@ -87,7 +80,7 @@ def test_errors_exit_2_with_a_hint(hub, run_dir, tmp_path, monkeypatch, setup, a
     assert TOKEN not in result.output
 
 
-def test_repo_id_is_required(hub, run_dir):  # noqa: F811
+def test_repo_id_is_required(hub, run_dir):
     result = invoke(str(run_dir))
     assert result.exit_code == 2
     assert "--repo-id" in result.output

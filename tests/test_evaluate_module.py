@@ -40,6 +40,7 @@ def test_module_layout_is_shippable():
     assert not (folder.parent / "__init__.py").exists()  # `evaluate/` must not be a package
 
 
+@pytest.mark.slow
 def test_loads_offline_and_matches_the_pure_functions(tmp_path):
     g = torch.Generator().manual_seed(0)
     x = torch.relu(torch.randn(6, 10, generator=g, dtype=torch.float64))

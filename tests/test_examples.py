@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # runs the example scripts as processes
+
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 

@@ -26,6 +26,7 @@ def test_defaults_resolve_to_the_demonstration_run():
     assert explicit.baseline is False and explicit.epochs == 1.0
 
 
+@pytest.mark.slow
 def test_default_causal_lm_run_offline(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     out = tmp_path / "out"
@@ -40,6 +41,7 @@ def test_default_causal_lm_run_offline(tmp_path, monkeypatch):
     assert json.loads((out / "config.json").read_text())["n_layer"] == 2  # the gpt2-tiny preset
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(minilm_path() is None, reason="the classification default uses MiniLM when it is installed")
 def test_default_classification_run_uses_minilm(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

@@ -14,6 +14,8 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 
 from hf_sparseout.training import checkpoints
 
+pytestmark = pytest.mark.slow  # end-to-end training runs
+
 
 def _run(out, *args):
     result = invoke("--output-dir", str(out), "--format", "json", *args)

@@ -95,6 +95,7 @@ def test_missing_or_corrupt_checkpoint(tmp_path):
     assert result.exit_code == 2 and "missing or corrupt" in _flat(result.output)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("option", ["--dataset", "--model"])
 def test_hub_names_offline_say_what_to_do(tmp_path, option):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}

@@ -14,6 +14,8 @@ import sys
 import pytest
 from finetune_helpers import FAST, write_text_corpus
 
+pytestmark = pytest.mark.slow  # launches 2 processes
+
 LAUNCH = [
     sys.executable,
     "-m",

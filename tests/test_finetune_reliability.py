@@ -61,6 +61,7 @@ def test_unwritable_output_parent_fails_before_training(tmp_path):
     assert "eval @ step" not in result.output and not (parent / "out").exists()
 
 
+@pytest.mark.slow
 def test_symlinked_output_dir_saves_into_its_target(tmp_path):
     data = write_text_corpus(tmp_path / "txt")
     target = tmp_path / "real"
@@ -72,6 +73,7 @@ def test_symlinked_output_dir_saves_into_its_target(tmp_path):
     assert not [p for p in tmp_path.iterdir() if ".saving-" in p.name]
 
 
+@pytest.mark.slow
 def test_overwrite_removes_the_previous_runs_baseline_and_stale_staging(tmp_path):
     data = write_text_corpus(tmp_path / "txt")
     out = tmp_path / "out"
@@ -85,6 +87,7 @@ def test_overwrite_removes_the_previous_runs_baseline_and_stale_staging(tmp_path
     assert list(json.loads((out / "metrics.json").read_text())["runs"]) == ["sparseout"]
 
 
+@pytest.mark.slow
 def test_non_empty_dir_hint_offers_resume_only_when_there_is_a_checkpoint(tmp_path):
     data = write_text_corpus(tmp_path / "txt")
     out = tmp_path / "out"
@@ -110,6 +113,7 @@ def test_interrupt_without_a_checkpoint_says_there_is_nothing_to_resume(tmp_path
     assert "--resume-from-checkpoint latest" not in result.output
 
 
+@pytest.mark.slow
 def test_interrupt_during_the_final_save_leaves_no_staging_copy(tmp_path, monkeypatch):
     from transformers import PreTrainedModel
 
@@ -126,6 +130,7 @@ def test_interrupt_during_the_final_save_leaves_no_staging_copy(tmp_path, monkey
     assert not (tmp_path / "out" / "model.safetensors").exists()
 
 
+@pytest.mark.slow
 def test_time_based_checkpoint_by_default(tmp_path):
     """--save-minutes (default 10) checkpoints long runs without --save-steps; a tiny value makes it due every step."""
     data = write_text_corpus(tmp_path / "txt")
@@ -152,6 +157,7 @@ def checkpointed(tmp_path):
     return data, out, out / "checkpoints" / "sparseout"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damaged", ["random_states_0.pkl", "model.safetensors", "optimizer.bin", "scheduler.bin"])
 def test_truncated_checkpoint_file_is_an_error_naming_the_older_checkpoint(checkpointed, damaged):
     data, out, run = checkpointed
@@ -162,6 +168,7 @@ def test_truncated_checkpoint_file_is_an_error_naming_the_older_checkpoint(check
     assert "step-2" in _flat(result.output)
 
 
+@pytest.mark.slow
 def test_resuming_another_models_checkpoint_is_an_error(checkpointed):
     data, out, _ = checkpointed
     other = [a if a != "gpt2-tiny" else "gpt2-mini" for a in FAST]

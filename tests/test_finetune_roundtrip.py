@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from finetune_helpers import FAST, invoke, write_text_corpus
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import hf_sparseout
+
+pytestmark = pytest.mark.slow  # trains, saves and reloads end to end
 
 
 def test_finetune_save_reload_same_report_and_eval_outputs(tmp_path):

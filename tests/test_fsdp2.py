@@ -21,9 +21,12 @@ SCRIPT = Path(__file__).with_name("fsdp2_train_script.py")
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 REL_TOL = 1e-5
 
-pytestmark = pytest.mark.skipif(
-    not torch.distributed.is_available() or not torch.distributed.is_gloo_available(), reason="needs gloo"
-)
+pytestmark = [
+    pytest.mark.skipif(
+        not torch.distributed.is_available() or not torch.distributed.is_gloo_available(), reason="needs gloo"
+    ),
+    pytest.mark.slow,  # launches 2 processes with torchrun
+]
 
 
 def _run(prefix: list[str], out: Path, *args: str) -> dict:

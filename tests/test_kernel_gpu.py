@@ -25,7 +25,7 @@ pytestmark = [
     pytest.mark.skipif(not (torch.cuda.is_available() and HAS_TRITON), reason="needs CUDA and triton"),
 ]
 
-from test_kernel_interpreter import assert_close_scaled, ref_forward, ref_grad  # noqa: E402
+from kernel_reference import assert_close_scaled, ref_forward, ref_grad  # noqa: E402
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 

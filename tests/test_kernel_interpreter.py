@@ -17,14 +17,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from kernel_reference import MAX_SCALE, assert_close_scaled, ref_forward, ref_grad
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
-pytestmark = pytest.mark.skipif(not HAS_TRITON, reason="triton not installed (pip install 'hf-sparseout[triton]')")
+pytestmark = [
+    pytest.mark.skipif(not HAS_TRITON, reason="triton not installed (pip install 'hf-sparseout[triton]')"),
+    pytest.mark.slow,  # the kernels run in a subprocess under TRITON_INTERPRET=1
+]
 
 P = 0.3
 SEED, CTR = 20190413, 7
 N = 3 * 4096 + 123  # four programs, the last one partial
-MAX_SCALE = 1e4
 CASES = [(torch.float32, q) for q in (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0)] + [
     (dt, q) for dt in (torch.bfloat16, torch.float16) for q in (0.5, 1.5, 3.0)
 ]
@@ -87,47 +90,6 @@ def interp(tmp_path_factory) -> dict:
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     subprocess.run([sys.executable, str(Path(__file__).resolve()), str(path)], check=True, env=env, timeout=600)
     return torch.load(path, weights_only=False)
-
-
-# --- float64 references ---------------------------------------------------------------------------------------
-
-
-def ref_forward(x: torch.Tensor, keep: torch.Tensor, p: float, q: float, c: float = 1.0) -> torch.Tensor:
-    xd = x.double()
-    noise = c * (keep.double() / (1 - p) - 1)
-    out = xd + torch.sign(xd) * xd.abs().pow(q / 2) * noise  # sign(0) = 0: zeros stay zero, q = 0 included
-    fmax = torch.finfo(x.dtype).max
-    return out.clamp(-fmax, fmax)
-
-
-def ref_grad(grad, x, keep, p, q, gradient, c: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Reference input gradient and a per-element magnitude bound used for the tolerance (c: matched scale)."""
-    coef, expo = (1.0, (q - 2) / 2) if gradient == "reference" else (q / 2, q / 2 - 1)
-    coef *= c
-    noise = keep.double() / (1 - p) - 1
-    # the clamp comes after the coefficient; the exact rule at q = 0 has derivative 1
-    scale = (coef * x.double().abs().pow(expo)).clamp(max=MAX_SCALE) if coef else torch.zeros_like(x.double())
-    gd = grad.double()
-    fmax = torch.finfo(grad.dtype).max
-    return (gd * (1 + scale * noise)).clamp(-fmax, fmax), gd.abs() * (1 + scale * noise.abs())
-
-
-def assert_close_scaled(got, want, magnitude, dtype):
-    """``|got - want| <= tol * magnitude + tiny``: the tolerance follows the size of the summed terms.
-
-    float32: the kernel's power is ``exp2(e * log2|x|)`` in float32, relative error up to about
-    ``|e * log2|x|| * 2**-23`` (3e-5 at the ends of the float32 range, ~1e-6 for typical activations).
-    """
-    tol = {torch.float32: 3e-5, torch.bfloat16: 2**-7, torch.float16: 2**-10}[dtype]
-    tiny = {torch.float32: 1e-37, torch.bfloat16: 1e-37, torch.float16: 2**-23}[dtype]
-    got = got.double()
-    assert not torch.isnan(got).any(), "NaN in kernel output"
-    assert torch.isfinite(got).all(), "non-finite kernel output for finite input"
-    fmax = torch.finfo(dtype).max
-    err = (got - want).abs()
-    bound = tol * magnitude.clamp(max=fmax) + tiny
-    bad = err > bound
-    assert not bad.any(), f"{int(bad.sum())} elements off, worst at {int((err - bound).argmax())}"
 
 
 # --- a numpy Philox-4x32-10, written from the Salmon et al. spec, for the documented counter layout -------------

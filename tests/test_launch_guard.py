@@ -56,6 +56,7 @@ def test_check_launch_accepts_what_was_asked_and_refuses_the_rest():
         check_launch(_accelerator(DistributedType.MULTI_GPU, 2), {"WORLD_SIZE": "2", "ACCELERATE_USE_DEEPSPEED": "1"})
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="FSDP runs for real where there is CUDA")
 def test_finetune_under_the_fsdp_config_without_cuda_is_refused_and_writes_nothing(tmp_path):
     data = write_text_corpus(tmp_path / "txt")
@@ -81,6 +82,7 @@ print("not refused")
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_two_launched_processes_running_alone_are_refused(tmp_path):
     script = tmp_path / "guarded.py"

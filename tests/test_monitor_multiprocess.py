@@ -9,6 +9,8 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.slow  # launches 2 processes
+
 SCRIPT = pathlib.Path(__file__).resolve().parent / "monitor_multiprocess_script.py"
 
 

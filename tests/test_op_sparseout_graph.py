@@ -112,6 +112,7 @@ def fresh_dynamo():
     torch._dynamo.reset()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("q", "gradient"), [(1.5, "exact"), (3.0, "reference"), (2.0, "reference")])
 def test_compile_explain_forward_no_graph_break(fresh_dynamo, q: float, gradient: str) -> None:
     def fn(t: torch.Tensor) -> torch.Tensor:
@@ -122,6 +123,7 @@ def test_compile_explain_forward_no_graph_break(fresh_dynamo, q: float, gradient
     assert explanation.graph_count == 1
 
 
+@pytest.mark.slow
 def test_compile_explain_training_step_no_graph_break(fresh_dynamo) -> None:
     """A whole training step (forward, backward, SGD update) traces as one graph."""
     torch.manual_seed(0)
@@ -144,6 +146,7 @@ def test_compile_explain_training_step_no_graph_break(fresh_dynamo) -> None:
     assert explanation.graph_count == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("gradient", ["exact"])
 def test_compiled_matches_eager_same_seed(fresh_dynamo, gradient: str) -> None:
     """Inductor (fullgraph, eager RNG via fallback_random) draws the same mask as eager: output and input

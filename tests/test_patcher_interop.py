@@ -25,6 +25,7 @@ def _loss(model, inputs) -> torch.Tensor:
     return model(**inputs).logits.float().pow(2).mean()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("arch", "head"), [("gpt2", "causal-lm"), ("bert", "seq-cls")])
 @pytest.mark.parametrize("impl", ["eager", "sdpa"])
 def test_compiled_training_step_has_no_graph_breaks_and_no_recompiles(arch, head, impl):

@@ -1,26 +1,21 @@
 """Hub push through huggingface_hub's real HfApi code, its HTTP client replaced by a recording fake.
 
-huggingface_hub 2.x sends every request through one shared ``httpx2.Client`` made by a factory
-(``huggingface_hub.set_client_factory``); the fake gives it a ``MockTransport`` that records each
-request and answers create-repo, create-branch, preupload and commit as the Hub does. Nothing
-leaves the machine.
+The ``hub`` fixture (tests/conftest.py, tests/fake_hub.py) records each request and answers create-repo,
+create-branch, preupload and commit as the Hub does. Nothing leaves the machine.
 """
 
 from __future__ import annotations
 
-import base64
 import json
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
 
-import httpx2
 import pytest
-from huggingface_hub import constants, set_client_factory
-from huggingface_hub.utils._http import default_client_factory, hf_request_event_hook
-from test_model_card import write_run_dir
+from fake_hub import TOKEN, UPLOADED
+from huggingface_hub import constants
+from run_dirs import write_run_dir
 
 from hf_sparseout.hub import push_checkpoint
 from hf_sparseout.hub.push import (
@@ -32,99 +27,6 @@ from hf_sparseout.hub.push import (
     checkpoint_files,
     is_main_process,
 )
-
-TOKEN = "hf_FakeTokenForTests0123456789"
-UPLOADED = {
-    "README.md",
-    "config.json",
-    "generation_config.json",
-    "model.safetensors",
-    "hf_sparseout_run.json",
-    "sparsity_per_site.png",
-    "training_loss.png",
-}
-
-
-class FakeHub:
-    """A recording stand-in for the Hub's HTTP API (create repo, branch, preupload, commit)."""
-
-    def __init__(self, user: str = "fake-user") -> None:
-        self.user = user
-        self.requests: list[httpx2.Request] = []
-        self.commits: list[dict] = []
-        self.validated: list[str] = []
-        self.fail: str | None = None  # "network" or an HTTP status code as a string
-
-    def handle(self, request: httpx2.Request) -> httpx2.Response:
-        request.read()
-        self.requests.append(request)
-        if self.fail == "network":
-            raise httpx2.ConnectError("[Errno 111] Connection refused", request=request)
-        if self.fail:
-            return httpx2.Response(int(self.fail), json={"error": "Invalid credentials in Authorization header"})
-        path = request.url.path
-        if path == "/api/repos/create":
-            body = json.loads(request.content)
-            repo_id = f"{body.get('organization') or self.user}/{body['name']}"
-            return httpx2.Response(200, json={"url": f"https://huggingface.co/{repo_id}", "name": repo_id})
-        if path == "/api/validate-yaml":  # upload_folder checks README.md's metadata first
-            self.validated.append(json.loads(request.content)["content"])
-            return httpx2.Response(200, json={"errors": [], "warnings": []})
-        if re.fullmatch(r"/api/models/[^/]+/[^/]+/branch/.+", path):
-            return httpx2.Response(200, json={})
-        if re.fullmatch(r"/api/models/[^/]+/[^/]+/preupload/.+", path):
-            files = json.loads(request.content)["files"]
-            modes = [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files]
-            return httpx2.Response(200, json={"files": modes})
-        match = re.fullmatch(r"/api/models/([^/]+/[^/]+)/commit/(.+)", path)
-        if match:
-            lines = [json.loads(line) for line in request.content.decode().splitlines() if line]
-            header = next(item["value"] for item in lines if item["key"] == "header")
-            files = {
-                item["value"]["path"]: base64.b64decode(item["value"]["content"])
-                for item in lines
-                if item["key"] == "file"
-            }
-            self.commits.append({"repo_id": match[1], "revision": match[2], "header": header, "files": files})
-            return httpx2.Response(
-                200,
-                json={"commitUrl": f"https://huggingface.co/{match[1]}/commit/{'a' * 40}", "commitOid": "a" * 40},
-            )
-        return httpx2.Response(404, json={"error": f"no route {request.method} {path}"})
-
-    def find(self, path: str) -> httpx2.Request:
-        """The (first) request to ``path``."""
-        return next(r for r in self.requests if r.url.path == path)
-
-    def paths(self) -> list[str]:
-        return [f"{r.method} {r.url.path}" for r in self.requests]
-
-
-@pytest.fixture
-def hub(monkeypatch, tmp_path):
-    """The fake Hub behind huggingface_hub's shared client; a token in HF_TOKEN; no token file."""
-    fake = FakeHub()
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-token-file"))
-    monkeypatch.setenv("HF_TOKEN", TOKEN)
-    for var in ("RANK", "LOCAL_RANK", "HUGGING_FACE_HUB_TOKEN"):
-        monkeypatch.delenv(var, raising=False)
-    set_client_factory(
-        lambda: httpx2.Client(
-            transport=httpx2.MockTransport(fake.handle),
-            event_hooks={"request": [hf_request_event_hook]},
-            follow_redirects=True,
-        )
-    )
-    yield fake
-    set_client_factory(default_client_factory)
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("push") / "run"
-    write_run_dir(directory)
-    return directory
 
 
 def test_dry_run_lists_the_files_and_the_card_without_network(hub, run_dir):
@@ -281,6 +183,7 @@ def test_peft_adapter_directory_pushes(hub, tmp_path):
     assert Path(tmp_path / "adapter" / "README.md").read_text() == result.card
 
 
+@pytest.mark.slow
 def test_example_script_runs_offline(tmp_path):
     """examples/push_patched_checkpoint.py: patch, train, save, reload, card, dry-run push; no network."""
     script = Path(__file__).resolve().parents[1] / "examples" / "push_patched_checkpoint.py"

@@ -321,6 +321,7 @@ def _train_and_measure(q: float, seed: int, steps: int = 40) -> float:
     return monitor.compute()["overall"]["hoyer"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1])
 def test_q1_gives_sparser_activations_than_q3(seed):
     # Hoyer is HIGHER for sparser vectors (1 = one-hot), and the paper's claim is that q < 2 makes

@@ -11,14 +11,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from finetune_helpers import FAST, write_text_corpus
-from typer.testing import CliRunner
+from finetune_helpers import FAST, invoke_cli, write_text_corpus
 
 from hf_sparseout.training.args import FinetuneArgs, UsageError
 from hf_sparseout.training.sweep import GridPoint, grid
 from hf_sparseout.training.sweep_report import BASELINE_Q, aggregate
 from hf_sparseout_cli.finetune_cmd import args_from_params, finetune
-from hf_sparseout_cli.main import app
 from hf_sparseout_cli.sweep_cmd import parse_finetune_options
 
 TINY = [*FAST, "--max-steps", "2", "--max-eval-samples", "4"]
@@ -26,12 +24,7 @@ TINY = [*FAST, "--max-steps", "2", "--max-eval-samples", "4"]
 
 def invoke(*args: str):
     """``hf-sparseout sweep ARGS`` in-process."""
-    from accelerate.state import AcceleratorState
-
-    try:
-        return CliRunner().invoke(app, ["sweep", *args])
-    finally:
-        AcceleratorState._reset_state(reset_partial_state=True)
+    return invoke_cli("sweep", *args)
 
 
 def _ok(*args: str) -> dict:
@@ -180,6 +173,7 @@ def test_pass_through_options_map_like_finetune():
 # ---- the command ----
 
 
+@pytest.mark.slow
 def test_tiny_grid_writes_every_run_and_the_summaries(tiny_sweep):
     out, printed = tiny_sweep
     runs = {(q, s): out / f"q{q:g}" / f"seed{s}" for q in (1.0, 2.0) for s in (0, 1)}
@@ -218,6 +212,7 @@ def test_tiny_grid_writes_every_run_and_the_summaries(tiny_sweep):
     assert (out / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_tiny_grid_summarises_sites_and_time_against_dropout(tiny_sweep):
     out, _ = tiny_sweep
     stored = json.loads((out / "sweep.json").read_text())
@@ -241,6 +236,7 @@ def test_tiny_grid_summarises_sites_and_time_against_dropout(tiny_sweep):
     assert (out / "sweep_sites.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_resume_retrains_only_the_unfinished_run(tiny_sweep, data, tmp_path):
     source, _ = tiny_sweep
     out = tmp_path / "out"
@@ -280,6 +276,7 @@ def test_resume_retrains_only_the_unfinished_run(tiny_sweep, data, tmp_path):
     assert result.exit_code == 2 and "differs in: max_steps" in result.output
 
 
+@pytest.mark.slow
 def test_interrupted_sweep_resumes_from_the_checkpoint(data, tmp_path, monkeypatch):
     from hf_sparseout.training import checkpoints
 
@@ -366,6 +363,7 @@ def test_a_non_sweep_directory_is_refused(tmp_path):
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["notes.txt"]
 
 
+@pytest.mark.slow
 def test_two_processes_run_every_run_and_write_the_summary_once(tmp_path, data):
     """`accelerate launch --multi_gpu --num_processes 2` (torchrun + gloo on CPU; see test_finetune_multiprocess)."""
     entry = ["-m", "hf_sparseout_cli"]

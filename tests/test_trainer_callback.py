@@ -34,6 +34,7 @@ def _by_hand(model, dataset) -> dict:
     return monitor.compute()
 
 
+@pytest.mark.slow
 def test_figures_reach_log_history_at_each_eval_and_match_a_monitor(tmp_path):
     trainer = make_trainer(tmp_path, callbacks=[SparsityCallback()])
     trainer.train()
@@ -57,6 +58,7 @@ def test_figures_reach_log_history_at_each_eval_and_match_a_monitor(tmp_path):
     assert trainer.state.log_history[-1]["eval_sparsity_hoyer"] == metrics["eval_sparsity_hoyer"]
 
 
+@pytest.mark.slow
 def test_training_is_unchanged_by_the_callback(tmp_path):
     runs = []
     for callbacks in (None, [SparsityCallback()]):
@@ -80,6 +82,7 @@ class _Recorder(TrainerCallback):
         self.logs.append(dict(logs))
 
 
+@pytest.mark.slow
 def test_attach_runs_before_trackers_and_options_select_figures(tmp_path):
     recorder = _Recorder()
     trainer = make_trainer(tmp_path, callbacks=[recorder], max_steps=3)
@@ -145,6 +148,7 @@ def _script(prefix: list[str], out: Path) -> dict:
     return json.loads(out.read_text())
 
 
+@pytest.mark.slow
 def test_two_processes_give_the_one_process_figures(tmp_path):
     # 7 eval rows in per-device batches of 2: accelerate repeats a sample on the last batch of 2 processes.
     one = _script([sys.executable], tmp_path / "one.json")

@@ -24,6 +24,7 @@ from torch import nn
 
 from hf_sparseout.errors import CheckpointError, OutputDirError
 from hf_sparseout.loading import load_model
+from hf_sparseout.optional import PEFT, require
 from hf_sparseout.patcher.config import SparseoutConfig
 from hf_sparseout.patcher.model import CONFIG_KEY, get_report, is_patched, patch, replaced_config_values
 from hf_sparseout.patcher.report import SiteReport
@@ -328,7 +329,7 @@ def _load_adapter(
     applied_to: str,
     **kwargs: Any,
 ) -> nn.Module:
-    from peft import PeftModel
+    PeftModel = require("peft", feature="loading a PEFT adapter checkpoint", install=PEFT).PeftModel
 
     if base_model is None:
         base_model = read_json(directory / ADAPTER_CONFIG_FILE).get("base_model_name_or_path")
@@ -369,6 +370,7 @@ def from_pretrained(
     Raises:
         CheckpointError: no stored configuration (and none given), or a corrupted one.
         hf_sparseout.loading.ModelNotAvailableError: not a local directory and not on the Hub.
+        hf_sparseout.errors.MissingDependencyError: a PEFT adapter directory and ``peft`` is not installed.
     """
     directory = Path(path_or_repo)
     extra = {"attn_implementation": attn_implementation} if attn_implementation else {}

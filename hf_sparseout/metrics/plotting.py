@@ -1,18 +1,22 @@
 """``plot_sparsity``: per-site Hoyer bars and magnitude histograms from ``SparsityMonitor.compute()``.
 
 Uses matplotlib's object API with the Agg canvas (no pyplot, no global backend change), so it
-works headless and inside other matplotlib programs.
+works headless and inside other matplotlib programs. matplotlib is imported on the first plot, so
+``import hf_sparseout`` works without it.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
+
+from hf_sparseout.optional import MATPLOTLIB, require
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def _common_prefix(names: Sequence[str]) -> str:
@@ -60,6 +64,10 @@ def plot_sparsity(
     Returns:
         The matplotlib ``Figure``.
     """
+    require("matplotlib", feature="plot_sparsity", install=MATPLOTLIB)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     runs = _as_runs(results)
     labels = list(runs)
     first = runs[labels[0]]

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from hf_sparseout.optional import require_matplotlib
 from hf_sparseout.training.args import FinetuneArgs
 from hf_sparseout.training.loop import RunResult
 
@@ -105,10 +106,7 @@ def write_metrics(
 
 def write_plots(out: Path, results: list[RunResult], task: str) -> dict[str, str]:
     """Training loss, eval metric vs step, and per-site Hoyer sparsity (runs overlaid)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = require_matplotlib("finetune's plots")
 
     key, label = headline(task)
     fig, ax = plt.subplots(figsize=(7, 4))

@@ -10,6 +10,7 @@ from typing import Any
 from hf_sparseout.hub import write_model_card
 from hf_sparseout.integrations.distributed import check_launch
 from hf_sparseout.logs import get_logger
+from hf_sparseout.optional import MATPLOTLIB, require
 from hf_sparseout.training import checkpoints, reporting
 from hf_sparseout.training.args import FinetuneArgs, UsageError
 from hf_sparseout.training.data import infer_task, load_raw, pick_splits, prepare, text_column
@@ -199,6 +200,7 @@ def finetune(args: FinetuneArgs, end_training: bool = True) -> FinetuneOutcome:
         raise UsageError(
             str(err), "see --p, --q, --targets, --exclude, --insert in hf-sparseout finetune --help"
         ) from err
+    require("matplotlib", feature="finetune's plots", install=MATPLOTLIB)  # before any training
     out = check_output_dir(args)
     if args.push_to_hub:
         _check_push(args)

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from hf_sparseout.logs import get_logger, log_prefix
+from hf_sparseout.optional import MATPLOTLIB, require
 from hf_sparseout.training import checkpoints
 from hf_sparseout.training.args import FinetuneArgs, UsageError
 from hf_sparseout.training.reporting import headline
@@ -254,6 +255,7 @@ def sweep(
     points = grid(args, qs, ps, seeds)
     root = Path(args.output_dir).expanduser()
     _check_output_dir(root, args, points)
+    require("matplotlib", feature="the sweep's plots", install=MATPLOTLIB)  # before any run
 
     state = PartialState(cpu=not torch.cuda.is_available())
     status = _run_grid(args, points, root, state)

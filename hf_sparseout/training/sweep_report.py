@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from hf_sparseout.optional import require_matplotlib
 from hf_sparseout.training.reporting import CURVE_KEYS, headline
 
 BASELINE_Q = 2.0
@@ -187,10 +188,7 @@ def write_plot(path: Path, result: Any) -> Path:
 
     One colour per p; the dropout baseline (q = 2) is a horizontal line with a ±1 std band.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = require_matplotlib("the sweep's plot (sweep.png)")
 
     _, label = headline(result.task)
     m = result.metric
@@ -236,10 +234,7 @@ def write_site_plot(path: Path, result: Any) -> Path | None:
     Each cell is annotated with the mean Hoyer itself; without a q = 2 run the colour is the Hoyer value.
     None (nothing written) when the runs recorded no per-site sparsity.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = require_matplotlib("the sweep's heat map (sweep_sites.png)")
     import numpy as np
 
     panels = _site_panels(result)
