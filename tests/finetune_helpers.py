@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 from typer.testing import CliRunner
@@ -65,3 +67,32 @@ def json_tail(output: str) -> dict:
     return json.loads(
         output[output.rindex('\n{"task"') + 1 :] if '\n{"task"' in output else output[output.index("{") :]
     )
+
+
+# `hf-sparseout finetune` in 2 CPU processes (torchrun + gloo; `--cpu --num_processes 2` would start one),
+# and in one process, as subprocesses.
+LAUNCH = [
+    sys.executable,
+    "-m",
+    "accelerate.commands.launch",
+    "--multi_gpu",
+    "--num_processes",
+    "2",
+    "--num_machines",
+    "1",
+    "--mixed_precision",
+    "no",
+    "--dynamo_backend",
+    "no",
+    "-m",
+    "hf_sparseout_cli",
+    "finetune",
+]
+SINGLE = [sys.executable, "-m", "hf_sparseout_cli", "finetune"]
+
+
+def run_metrics(command: list[str], out: Path, *args: str) -> dict:
+    """Run ``command`` (LAUNCH or SINGLE) into ``out``; its metrics.json (the run must succeed)."""
+    proc = subprocess.run([*command, "--output-dir", str(out), *args], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads((out / "metrics.json").read_text())

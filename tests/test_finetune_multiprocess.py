@@ -9,37 +9,12 @@ from __future__ import annotations
 import json
 import math
 import subprocess
-import sys
 
 import pytest
-from finetune_helpers import FAST, write_text_corpus
+from finetune_helpers import FAST, LAUNCH, SINGLE, write_text_corpus
+from finetune_helpers import run_metrics as _run
 
 pytestmark = pytest.mark.slow  # launches 2 processes
-
-LAUNCH = [
-    sys.executable,
-    "-m",
-    "accelerate.commands.launch",
-    "--multi_gpu",
-    "--num_processes",
-    "2",
-    "--num_machines",
-    "1",
-    "--mixed_precision",
-    "no",
-    "--dynamo_backend",
-    "no",
-    "-m",
-    "hf_sparseout_cli",
-    "finetune",
-]
-SINGLE = [sys.executable, "-m", "hf_sparseout_cli", "finetune"]
-
-
-def _run(command, out, *args) -> dict:
-    proc = subprocess.run([*command, "--output-dir", str(out), *args], capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return json.loads((out / "metrics.json").read_text())
 
 
 def test_two_processes_give_the_one_process_eval_and_train(tmp_path):

@@ -113,7 +113,8 @@ def test_two_processes_give_the_one_process_curve(tmp_path):
     7 eval blocks in batches of 2: the last batch is uneven, so accelerate's duplicated samples must be
     left out of the reached-sparsity counts as they are of the perplexity.
     """
-    from test_finetune_multiprocess import LAUNCH, SINGLE, _run
+    from finetune_helpers import LAUNCH, SINGLE
+    from finetune_helpers import run_metrics as _run
 
     data = write_text_corpus(tmp_path / "txt")
     common = ["--dataset", str(data), *FAST, "--max-eval-samples", "7", "--batch-size", "2", "--max-steps", "0"]
