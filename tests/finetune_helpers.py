@@ -71,7 +71,7 @@ def json_tail(output: str) -> dict:
 
 # `hf-sparseout finetune` in 2 CPU processes (torchrun + gloo; `--cpu --num_processes 2` would start one),
 # and in one process, as subprocesses.
-LAUNCH = [
+LAUNCH_2 = [
     sys.executable,
     "-m",
     "accelerate.commands.launch",
@@ -84,10 +84,9 @@ LAUNCH = [
     "no",
     "--dynamo_backend",
     "no",
-    "-m",
-    "hf_sparseout_cli",
-    "finetune",
 ]
+"""`accelerate launch` of 2 CPU processes (torchrun + gloo); append a script, or ``-m module``."""
+LAUNCH = [*LAUNCH_2, "-m", "hf_sparseout_cli", "finetune"]
 SINGLE = [sys.executable, "-m", "hf_sparseout_cli", "finetune"]
 
 

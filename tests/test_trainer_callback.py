@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from finetune_helpers import LAUNCH_2
 from trainer_helpers import make_trainer, token_dataset
 from transformers import TrainerCallback, default_data_collator
 
@@ -126,20 +127,7 @@ def test_late_add_callback_warns_instead_of_reporting_a_partial_eval(tmp_path):
 
 
 SCRIPT = Path(__file__).with_name("trainer_callback_script.py")
-LAUNCH = [
-    sys.executable,
-    "-m",
-    "accelerate.commands.launch",
-    "--multi_gpu",
-    "--num_processes",
-    "2",
-    "--num_machines",
-    "1",
-    "--mixed_precision",
-    "no",
-    "--dynamo_backend",
-    "no",
-]
+LAUNCH = LAUNCH_2
 
 
 def _script(prefix: list[str], out: Path) -> dict:
