@@ -59,8 +59,11 @@ def inspect(
         str | None, typer.Option("--attn-implementation", help="Attention implementation to load with: eager or sdpa.")
     ] = None,
     fmt: Annotated[
-        ReportFormat, typer.Option("--format", help="table or json.", case_sensitive=False)
-    ] = ReportFormat.table,
+        ReportFormat,
+        typer.Option(
+            "--format", help="text or json (as every command; 'table' is the deprecated text).", case_sensitive=False
+        ),
+    ] = ReportFormat.text,
     verify: Annotated[
         bool,
         typer.Option(
@@ -98,6 +101,8 @@ def inspect(
         report = (hf_sparseout.patch if verify else hf_sparseout.inspect)(loaded, config)
     except ValueError as err:
         raise CliError(str(err), "adjust --targets/--exclude/--insert to the names listed") from err
+    if fmt is ReportFormat.table:
+        typer.echo("Note: --format table is deprecated; it is --format text now, as in every command.", err=True)
     if not verify:
         typer.echo(report.to_json() if fmt is ReportFormat.json else report.to_table())
         return

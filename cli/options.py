@@ -16,10 +16,11 @@ class OutputFormat(str, Enum):
 
 
 class ReportFormat(str, Enum):
-    """How ``inspect`` prints its report."""
+    """How ``inspect`` prints its report: the shared text|json, plus ``table``, its old spelling of text."""
 
-    table = "table"
+    text = "text"
     json = "json"
+    table = "table"  # deprecated alias of text (inspect's vocabulary before 0.2)
 
 
 class AttentionMode(str, Enum):

@@ -137,3 +137,11 @@ def test_verify_exits_1_when_plain_dropout_is_left(gpt2_dir):
     data = json.loads(result.output[result.output.index("{") :])
     assert data["verify"]["ok"] is False and data["verify"]["agrees"] is True
     assert [c["place"] for c in data["verify"]["calls"] if c["reached_as"] == "plain"] == ["transformer.drop:dropout"]
+
+
+def test_format_table_is_the_deprecated_spelling_of_text(gpt2_dir):
+    text = CliRunner().invoke(app, ["inspect", str(gpt2_dir), "--format", "text"])
+    table = CliRunner().invoke(app, ["inspect", str(gpt2_dir), "--format", "table"])
+    assert text.exit_code == table.exit_code == 0, table.output
+    assert "deprecated" in table.stderr and "deprecated" not in text.stderr
+    assert table.stdout == text.stdout and "7 sites" in text.stdout
