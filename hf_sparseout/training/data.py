@@ -96,6 +96,7 @@ def load_raw(args: FinetuneArgs, task: str) -> tuple[DatasetDict, str, tuple[str
         empty = [f for files in data_files.values() for f in files if Path(f).stat().st_size == 0]
         if empty:
             raise UsageError(f"data file {empty[0]!r} is empty", "remove it, or point --dataset at the files with data")
+        _check_utf8([f for files in data_files.values() for f in files], builder)
         try:
             raw = load_dataset(builder, data_files=data_files, **kwargs)
         except Exception as err:  # datasets raises many types for unreadable files
@@ -118,6 +119,28 @@ def load_raw(args: FinetuneArgs, task: str) -> tuple[DatasetDict, str, tuple[str
     return raw, f"Hub dataset {args.dataset}", (args.dataset,)
 
 
+UTF8_HINT = "convert the file to UTF-8 (e.g. iconv -f latin1 -t utf-8)"
+_TEXT_BUILDERS = {"text", "csv", "json"}
+
+
+def _check_utf8(files: list[str], builder: str, head: int = 1 << 20) -> None:
+    """The first ``head`` bytes of each text file must decode as UTF-8 (datasets' readers fail on other
+    encodings with an error that depends on the engine; this one names the file and the byte)."""
+    import codecs
+
+    if builder not in _TEXT_BUILDERS:
+        return
+    for file in files:
+        with open(file, "rb") as f:
+            data = f.read(head)
+        try:
+            codecs.getincrementaldecoder("utf-8")().decode(data, final=len(data) < head)
+        except UnicodeDecodeError as err:
+            raise UsageError(
+                f"data file {file!r} is not UTF-8 text ({err.reason} at byte {err.start})", UTF8_HINT
+            ) from err
+
+
 def _unreadable(dataset: str, builder: str, err: Exception) -> UsageError:
     """The root cause of a ``load_dataset`` failure (datasets wraps it in "An error occurred while ...")."""
     cause: BaseException = err
@@ -128,8 +151,10 @@ def _unreadable(dataset: str, builder: str, err: Exception) -> UsageError:
     if isinstance(cause, UnicodeDecodeError):
         return UsageError(
             f"could not read {dataset!r}: it is not UTF-8 text ({cause.reason} at byte {cause.start})",
-            "convert the file to UTF-8 (e.g. iconv -f latin1 -t utf-8)",
+            UTF8_HINT,
         )
+    if "utf8" in str(cause).lower().replace("-", ""):  # pyarrow's reader: "ArrowInvalid: Invalid UTF8 sequence"
+        return UsageError(f"could not read {dataset!r}: it is not UTF-8 text ({str(cause)[:200]})", UTF8_HINT)
     return UsageError(
         f"could not read {dataset!r} as {builder}: {type(cause).__name__}: {str(cause)[:300]}",
         f"check that the files are valid {builder} ({', '.join(BUILDERS)})",
