@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,15 @@ def check_hub_reachable(name: str, kind: str = "model", timeout: float = 5.0) ->
 
     if kind == "model" and isinstance(huggingface_hub.try_to_load_from_cache(name, "config.json"), str):
         return
+    _hub_answers(name, kind, timeout)
+
+
+@functools.lru_cache(maxsize=64)
+def _hub_answers(name: str, kind: str, timeout: float) -> None:
+    """One metadata request per (name, kind) and process: finetune checks a --model for its tokenizer and
+    again for its weights. Only an answer is remembered; a failed connection raises every time."""
+    import huggingface_hub
+
     info = huggingface_hub.model_info if kind == "model" else huggingface_hub.dataset_info
     try:
         info(name, timeout=timeout)
