@@ -38,11 +38,6 @@ def report(err: HfSparseoutError) -> int:
     return EXIT_USAGE
 
 
-def fail(err: HfSparseoutError) -> None:
-    """Print ``err`` (and its hint) to stderr and exit with its code."""
-    raise typer.Exit(code=report(err))
-
-
 class ErrorReportingGroup(TyperGroup):
     """The app's group: any ``HfSparseoutError`` a command raises is printed once, here, and exits 2."""
 

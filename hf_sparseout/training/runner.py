@@ -48,8 +48,10 @@ class FinetuneOutcome:
         return reporting.summary_rows(self.results, self.task)
 
 
-def _checkpoints_in(out: Path) -> list[Path]:
-    return [c for r in ("sparseout", *CONTROLS) for c in checkpoints.list_checkpoints(checkpoints.run_dir(out, r))]
+def _checkpoints_in(out: Path) -> dict[str, list[Path]]:
+    """The complete checkpoints of each run that has any (oldest first)."""
+    runs = {r: checkpoints.list_checkpoints(checkpoints.run_dir(out, r)) for r in ("sparseout", *CONTROLS)}
+    return {r: found for r, found in runs.items() if found}
 
 
 def check_output_dir(args: FinetuneArgs) -> Path:
@@ -95,8 +97,7 @@ def check_output_dir(args: FinetuneArgs) -> Path:
 def interrupted_message(args: FinetuneArgs) -> str:
     """What an interrupted ``finetune`` left: a checkpoint to resume from, or nothing to resume."""
     out = Path(args.output_dir).expanduser().resolve()
-    runs = (checkpoints.list_checkpoints(checkpoints.run_dir(out, r)) for r in ("sparseout", *CONTROLS))
-    latest = [str(found[-1].relative_to(out)) for found in runs if found]
+    latest = [str(found[-1].relative_to(out)) for found in _checkpoints_in(out).values()]
     if latest:
         return f"complete checkpoints are intact ({', '.join(latest)}); continue with --resume-from-checkpoint latest"
     return (
