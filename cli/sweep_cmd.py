@@ -1,6 +1,7 @@
-"""`hf-sparseout sweep`: finetune over a grid of q (and p) values and seeds, then mean ± std per q.
+"""`hf-sparseout sweep`: finetune over a grid of q (and p, noise, penalty) values and seeds, then mean ± std.
 
-The grid options are declared here; every other option is a finetune option, parsed by the
+The grid options (``--q --p --noise --lq-penalty --lq-q --seeds``) are declared here; every other
+option is a finetune option, parsed by the
 ``finetune`` command's own Click parser (the command is registered with :data:`CONTEXT_SETTINGS` so
 that Click hands them over in ``ctx.args``) and mapped with :func:`finetune_cmd.args_from_params`,
 so the two commands cannot drift apart.
@@ -39,7 +40,8 @@ def finetune_command() -> TyperCommand:
 
 
 def _pass_through_options(command: TyperCommand) -> list[str]:
-    own = {"q", "p", "baseline", "no_baseline", "output_dir", "overwrite_output_dir", "fmt", *NOT_PASSED}
+    own = {"q", "p", "noise", "lq_penalty", "lq_q", "baseline", "no_baseline", "output_dir", "overwrite_output_dir"}
+    own |= {"fmt", *NOT_PASSED}
     return [opt for prm in command.params if prm.name not in own for opt in (*prm.opts, *prm.secondary_opts)]
 
 
@@ -81,6 +83,28 @@ def sweep(
             rich_help_panel=GRID,
         ),
     ] = None,
+    noise: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--noise",
+            help="Noise modes, comma-separated: raw (the paper's), matched (dropout's total variance). "
+            "Two modes are an axis (q=2 is trained once: it is dropout in both); one is finetune's --noise.",
+            rich_help_panel=GRID,
+        ),
+    ] = None,
+    lq_penalty: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--lq-penalty",
+            help="L_q activation-penalty weights, comma-separated; 0 = no penalty. Several are an axis; "
+            "one is finetune's --lq-penalty.",
+            rich_help_panel=GRID,
+        ),
+    ] = None,
+    lq_q: Annotated[
+        float | None,
+        typer.Option("--lq-q", help="Exponent of the --lq-penalty runs (default 1).", rich_help_panel=GRID),
+    ] = None,
     seeds: Annotated[
         int | None, typer.Option("--seeds", help="Number of seeds: 0 .. N-1. Default: 3.", rich_help_panel=GRID)
     ] = None,
@@ -112,18 +136,21 @@ def sweep(
         typer.Option("--format", help="Summary as a table (text) or JSON.", case_sensitive=False, rich_help_panel=OUT),
     ] = OutputFormat.text,
 ) -> None:
-    """Fine-tune over a grid of q (and p) values and seeds; mean ± std per q.
+    """Fine-tune over a grid of q (and p, noise mode, L_q penalty) values and seeds; mean ± std per cell.
 
     Every other option is a finetune option, applied to every run (see
     hf-sparseout finetune --help), except --seed, --resume-from-checkpoint,
-    --push-to-hub and --hub-model-id. Each run goes to OUTPUT_DIR/pP/qQ/seedS/
-    (no pP/ level without --p); sweep.json, sweep.md (mean ± std per q, Hoyer per
+    --push-to-hub and --hub-model-id. Each run goes to
+    OUTPUT_DIR/[pP/][noise-N/][lqW/]qQ/seedS/ (a level for each axis given:
+    --p, two or more --noise modes, two or more --lq-penalty weights);
+    sweep.json, sweep.md (mean ± std per cell: final and best-eval metric,
+    Hoyer and its change from init, train/eval gap, gradient norm, Hoyer per
     site, training time against dropout), sweep.png (the metric and Hoyer
     sparsity against q, error bars over seeds) and sweep_sites.png (Hoyer per
     site and q) go to OUTPUT_DIR.
 
     The dropout baseline is the q=2 run (finetune's baseline is the same patch
-    at q=2), trained once per p and seed as part of the grid.
+    at q=2), trained once per p, penalty weight and seed as part of the grid.
 
     Rerunning the same command resumes: runs with a metrics.json are skipped,
     unfinished ones restart, or continue from their latest checkpoint when
@@ -138,22 +165,30 @@ def sweep(
 
       hf-sparseout sweep --q 1.5,2.5 --task classification --max-steps 200 --save-steps 50 --format json
 
+      hf-sparseout sweep --q 1,1.5,3 --p 0.1 --noise raw,matched --insert mlp --attention keep
+
+      hf-sparseout sweep --q 2 --p 0 --no-baseline --lq-penalty 0,1,10 --lq-q 1
+
       accelerate launch --multi_gpu --num_processes 2 -m hf_sparseout_cli sweep --q 1.5,2 --seeds 2 --max-steps 100
     """
+    from hf_sparseout.sweep import DEFAULT_QS, parse_noise, parse_seeds, parse_values
+    from hf_sparseout.sweep import sweep as run_sweep
     from hf_sparseout.training.args import UsageError
-    from hf_sparseout.training.sweep import DEFAULT_QS, parse_seeds, parse_values
-    from hf_sparseout.training.sweep import sweep as run_sweep
 
     # UsageError / CliError are printed once by the app's group (exit 2).
     qs = parse_values(q, "--q") if q else list(DEFAULT_QS)
     ps: list[float | None] = parse_values(p, "--p") if p else [None]
+    noises = parse_noise(noise) if noise else None
+    lq_penalties = parse_values(lq_penalty, "--lq-penalty") if lq_penalty else None
+    if lq_q is not None and lq_penalties is None:
+        raise UsageError("--lq-q is only used with --lq-penalty", "add --lq-penalty WEIGHTS, or drop --lq-q")
     if seeds is not None and seed_list is not None:
         raise UsageError("--seeds and --seed-list are exclusive", "give --seeds 3 or --seed-list 0,7")
     if seeds is not None and seeds < 1:
         raise UsageError(f"--seeds must be >= 1, got {seeds}")
     seed_values = parse_seeds(seed_list) if seed_list is not None else list(range(3 if seeds is None else seeds))
     params = parse_finetune_options(ctx.args)
-    params.update(output_dir=output_dir, overwrite_output_dir=overwrite_output_dir, baseline=baseline)
+    params.update(output_dir=output_dir, overwrite_output_dir=overwrite_output_dir, baseline=baseline, lq_q=lq_q)
     args = args_from_params(params)
     import sys
 
@@ -161,7 +196,7 @@ def sweep(
 
     logs.configure(params["log_level"].value, sys.stderr if fmt is OutputFormat.json else sys.stdout)
     result = run_job(
-        lambda: run_sweep(args, qs, ps, seed_values),
+        lambda: run_sweep(args, qs, ps, seed_values, noises, lq_penalties),
         "finished runs are kept; rerun the same command to resume the sweep",
     )
     if not result.is_main_process:
@@ -177,18 +212,21 @@ def sweep(
 def _print_summary(result: Any) -> None:
     from rich.table import Table
 
+    from hf_sparseout.sweep.report import format_mean_std, lead_cells, lead_columns
     from hf_sparseout.training.reporting import wide_console
-    from hf_sparseout.training.sweep_report import format_mean_std
 
     m = result.metric
-    with_p = any(r["p"] is not None for r in result.summary)
+    lead = lead_columns(result.summary)
+    best = any(r.get(f"best_eval_{m}_mean") is not None for r in result.summary)
     table = Table(title=f"hf-sparseout sweep ({result.task}): mean ± std over seeds")
-    for c in [*(["p"] if with_p else []), "q", "n", m, "hoyer", "time vs dropout"]:
+    for c in [*lead, "q", "n", m, *([f"best {m}"] if best else []), "hoyer", "time vs dropout"]:
         table.add_column(c, justify="right")
     for r in result.summary:
-        cells = [f"{r['p']:g}" if r["p"] is not None else "model's"] if with_p else []
-        cells += [f"{r['q']:g}" + (" (dropout)" if r["baseline"] else ""), str(r["n"])]
-        cells += [format_mean_std(r[f"{m}_mean"], r[f"{m}_std"]), format_mean_std(r["hoyer_mean"], r["hoyer_std"])]
+        cells = [*lead_cells(r, lead), f"{r['q']:g}" + (" (dropout)" if r["baseline"] else ""), str(r["n"])]
+        cells.append(format_mean_std(r[f"{m}_mean"], r[f"{m}_std"]))
+        if best:
+            cells.append(format_mean_std(r.get(f"best_eval_{m}_mean"), r.get(f"best_eval_{m}_std")))
+        cells.append(format_mean_std(r["hoyer_mean"], r["hoyer_std"]))
         cells.append(format_mean_std(r["time_vs_dropout_mean"], r["time_vs_dropout_std"]))
         table.add_row(*cells)
     wide_console().print(table)

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from hf_sparseout.training.sweep import GridPoint, _read_record
-from hf_sparseout.training.sweep_report import aggregate
+from hf_sparseout.sweep.grid import GridPoint
+from hf_sparseout.sweep.report import aggregate
+from hf_sparseout.sweep.run import read_record
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 SWEEPS = {"ptb": ("perplexity", 1), "sst2": ("accuracy", 3)}
@@ -27,7 +28,7 @@ def test_kept_runs_reproduce_the_summary(name):
     data = _sweep(name)
     metric, _ = SWEEPS[name]
     root = DOCS / "results" / name
-    records = [_read_record(root, GridPoint(r["p"], r["q"], r["seed"]), r["status"])[1] for r in data["runs"]]
+    records = [read_record(root, GridPoint(r["p"], r["q"], r["seed"]), r["status"])[1] for r in data["runs"]]
     assert len(records) == 30  # 5 q x 2 p x 3 seeds
     again = aggregate(records, metric)
     assert len(again) == len(data["summary"]) == 10

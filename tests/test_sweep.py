@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from finetune_helpers import FAST, invoke_cli, write_text_corpus
 
+from hf_sparseout.sweep.grid import BASELINE_Q, GridPoint, grid
+from hf_sparseout.sweep.report import aggregate
 from hf_sparseout.training.args import FinetuneArgs, UsageError
-from hf_sparseout.training.sweep import GridPoint, grid
-from hf_sparseout.training.sweep_report import BASELINE_Q, aggregate
 from hf_sparseout_cli.finetune_cmd import args_from_params, finetune
 from hf_sparseout_cli.sweep_cmd import parse_finetune_options
 

@@ -8,7 +8,7 @@ import pytest
 from finetune_helpers import FAST, invoke, write_text_corpus
 
 from hf_sparseout.metrics.threshold import Calibration
-from hf_sparseout.training.sweep_report import aggregate
+from hf_sparseout.sweep.report import aggregate
 
 CURVE = ["--sparsity-curve", "--sparsity-targets", "0.3,0.6"]
 TINY = [*FAST, "--max-steps", "3", "--max-eval-samples", "8"]

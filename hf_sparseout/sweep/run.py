@@ -1,10 +1,10 @@
-"""``sweep(args, qs, ps, seeds)``: ``finetune`` over a (p, q, seed) grid, resumable, summarised as mean ± std.
+"""``sweep(args, qs, ps, seeds, ...)``: ``finetune`` over a grid, resumable, summarised as mean ± std.
 
 Layout of the output directory::
 
     sweep_args.json          the shared finetune options (a resumed sweep must use the same ones)
-    p0.1/q1.5/seed0/         one finetune output directory per run (no ``pX/`` level without --p)
-    sweep.json sweep.md sweep.png sweep_sites.png   the summaries (sweep_report.py)
+    p0.1/q1.5/seed0/         one finetune output directory per run (grid.py: a level per axis given)
+    sweep.json sweep.md sweep.png sweep_sites.png   the summaries (report.py)
 
 The dropout baseline is the run at q = 2 (finetune's baseline is the same patch at q = 2, so they are
 the same training run): when 2 is in the grid it serves as the baseline, otherwise (unless
@@ -18,50 +18,24 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from hf_sparseout.logs import get_logger, log_prefix
 from hf_sparseout.optional import MATPLOTLIB, require
+from hf_sparseout.sweep.grid import BASELINE_Q, DEFAULT_QS, GridPoint, grid, point_args
+from hf_sparseout.sweep.report import FILES, aggregate, write_markdown, write_plot, write_site_plot
 from hf_sparseout.training import checkpoints
 from hf_sparseout.training.args import FinetuneArgs, UsageError
 from hf_sparseout.training.reporting import headline
-from hf_sparseout.training.sweep_report import BASELINE_Q, FILES, aggregate, write_markdown, write_plot, write_site_plot
 
 logger = get_logger(__name__)
 
 ARGS_FILE = "sweep_args.json"
-DEFAULT_QS = (1.0, 1.5, 2.0, 2.5, 3.0)
 # Options the sweep sets for each run: not compared when a sweep is resumed.
 PER_RUN = ("q", "p", "seed", "output_dir", "overwrite_output_dir", "resume_from_checkpoint", "baseline")
-
-
-@dataclass(frozen=True)
-class GridPoint:
-    """One run of the sweep."""
-
-    p: float | None
-    q: float
-    seed: int
-
-    @property
-    def baseline(self) -> bool:
-        """The q = 2 run is plain dropout: the baseline for its p and seed."""
-        return self.q == BASELINE_Q
-
-    @property
-    def relative_dir(self) -> str:
-        """``p0.1/q1.5/seed0`` (``q1.5/seed0`` when p is the model's own)."""
-        parts = ([] if self.p is None else [f"p{self.p:g}"]) + [f"q{self.q:g}", f"seed{self.seed}"]
-        return "/".join(parts)
-
-    @property
-    def label(self) -> str:
-        """A short name for log lines."""
-        return self.relative_dir.replace("/", " ")
 
 
 @dataclass
@@ -86,66 +60,6 @@ class SweepResult:
             "runs": self.runs,
             "files": self.files,
         }
-
-
-def parse_values(text: str | Iterable[str], name: str) -> list[float]:
-    """``"1,1.5, 2"`` (or several such strings) -> ``[1.0, 1.5, 2.0]``; ``UsageError`` for a non-number."""
-    items = [text] if isinstance(text, str) else list(text)
-    values = []
-    for item in (v.strip() for chunk in items for v in chunk.split(",")):
-        try:
-            value = float(item)
-        except ValueError:
-            raise UsageError(f"{name}: {item!r} is not a number", f"e.g. {name} 1.0,1.5,2.0") from None
-        values.append(value)
-    return values
-
-
-def parse_seeds(text: str) -> list[int]:
-    """``"0,7,42"`` -> ``[0, 7, 42]``."""
-    seeds = []
-    for item in (v.strip() for v in text.split(",")):
-        try:
-            seeds.append(int(item))
-        except ValueError:
-            raise UsageError(f"--seed-list: {item!r} is not an integer", "e.g. --seed-list 0,1,2") from None
-    return seeds
-
-
-def _check_unique(values: Sequence[Any], name: str, fmt: Callable[[Any], str] = str) -> None:
-    if not values:
-        raise UsageError(f"{name} is empty", f"give at least one value to {name}")
-    seen: set[str] = set()
-    for v in values:
-        if fmt(v) in seen:
-            raise UsageError(f"{name} lists {fmt(v)} twice", "give each value once")
-        seen.add(fmt(v))
-
-
-def grid(args: FinetuneArgs, qs: Sequence[float], ps: Sequence[float | None], seeds: Sequence[int]) -> list[GridPoint]:
-    """Validate the grid and list its runs (seed-major within each p, so early seeds complete first).
-
-    Adds a q = 2 run per (p, seed) when 2 is not in ``qs`` and ``args.baseline`` is not False.
-    """
-    from hf_sparseout.training.loop import sparseout_config
-
-    _check_unique(list(qs), "--q", lambda v: f"{v:g}")
-    _check_unique(list(ps), "--p", lambda v: "default" if v is None else f"{v:g}")
-    _check_unique(list(seeds), "--seeds")
-    for v in [*qs, *(p for p in ps if p is not None)]:
-        if not math.isfinite(v):
-            raise UsageError(f"grid values must be finite numbers, got {v}")
-    for s in seeds:
-        if not 0 <= s < 2**32:
-            raise UsageError(f"seeds must be in [0, 2**32), got {s}")
-    for p in ps:
-        for q in qs:
-            try:
-                sparseout_config(dataclasses.replace(args, p=p), q)
-            except ValueError as err:
-                raise UsageError(str(err), "q must be >= 0 and p a probability in [0, 1]") from err
-    all_qs = list(qs) + ([BASELINE_Q] if BASELINE_Q not in qs and args.baseline is not False else [])
-    return [GridPoint(p, q, seed) for p in ps for seed in seeds for q in all_qs]
 
 
 def is_finished(run_dir: Path) -> bool:
@@ -198,14 +112,18 @@ def _check_output_dir(root: Path, args: FinetuneArgs, points: list[GridPoint]) -
         )
 
 
-def _read_record(root: Path, point: GridPoint, status: str) -> tuple[str, dict[str, Any]]:
+def read_record(root: Path, point: GridPoint, status: str) -> tuple[str, dict[str, Any]]:
+    """``(task, record)`` of a finished run: the values ``report.aggregate`` summarises."""
     data = json.loads((root / point.relative_dir / "metrics.json").read_text())
     row = next(r for r in data["summary"] if r["run"] == "sparseout")
     key, _ = headline(data["task"])
+    run = data.get("runs", {}).get("sparseout", {})
     record = {
         "p": point.p,
         "q": point.q,
         "seed": point.seed,
+        "noise": point.noise,
+        "lq_penalty": point.lq_penalty,
         "baseline": point.baseline,
         "dir": point.relative_dir,
         "status": status,
@@ -222,12 +140,22 @@ def _read_record(root: Path, point: GridPoint, status: str) -> tuple[str, dict[s
         "hoyer_init": row.get("hoyer_init"),
         "relative_near_zero_fraction": row.get("rel_near_zero"),
         "grad_norm_median": row.get("grad_norm_median"),
+        **_at_best(run.get("evals") or [], row.get("best_step")),
     }
-    run = data.get("runs", {}).get("sparseout", {})
+    if record["hoyer"] is not None and record["hoyer_init"] is not None:
+        record["hoyer_change"] = record["hoyer"] - record["hoyer_init"]
     record["throughput"] = run.get("throughput")
     record["throughput_unit"] = run.get("throughput_unit")
     record["sites"] = {s: v.get("hoyer") for s, v in (run.get("sparsity") or {}).get("sites", {}).items()}
     return data["task"], record
+
+
+def _at_best(evals: list[dict[str, Any]], best_step: int | None) -> dict[str, Any]:
+    """The train/eval gap (eval loss minus the training loss before it) and Hoyer at the best evaluation."""
+    best = next((e for e in evals if e.get("step") == best_step), None)
+    if best is None or best.get("train_loss") is None or best.get("eval_loss") is None:
+        return {}
+    return {"gap_at_best": best["eval_loss"] - best["train_loss"], "hoyer_at_best": best.get("hoyer")}
 
 
 def sweep(
@@ -235,13 +163,17 @@ def sweep(
     qs: Sequence[float] = DEFAULT_QS,
     ps: Sequence[float | None] | None = None,
     seeds: Sequence[int] = (0, 1, 2),
+    noises: Sequence[str] | None = None,
+    lq_penalties: Sequence[float] | None = None,
 ) -> SweepResult:
-    """Run ``finetune`` for every (p, q, seed) into ``args.output_dir/[pP/]qQ/seedS``, then summarise.
+    """Run ``finetune`` for every grid point into ``args.output_dir/<GridPoint.relative_dir>``, then summarise.
 
-    ``ps`` None means ``[args.p]``. ``args`` holds the options shared by every run;
-    ``args.overwrite_output_dir`` retrains every run, ``args.baseline=False`` adds no q = 2 runs.
-    Finished runs are skipped, interrupted ones resumed (see the module docstring). ``UsageError`` for
-    a bad grid or options, before anything is written.
+    ``ps`` None means ``[args.p]``. ``noises`` (``"raw"``/``"matched"``) and ``lq_penalties`` (weights;
+    0 = no penalty, exponent ``args.lq_q``) are further axes when given; a single value is not an axis
+    but the shared option (same directory layout as without it). ``args`` holds the options shared by
+    every run; ``args.overwrite_output_dir`` retrains every run, ``args.baseline=False`` adds no q = 2
+    runs. Finished runs are skipped, interrupted ones resumed (see the module docstring).
+    ``UsageError`` for a bad grid or options, before anything is written.
     """
     import torch
     from accelerate import PartialState
@@ -251,15 +183,20 @@ def sweep(
     if args.push_to_hub or args.hub_model_id:
         raise UsageError("a sweep does not push to the Hub", "push one run with hf-sparseout push")
     ps = [args.p] if ps is None else list(ps)
-    args.validate()
-    points = grid(args, qs, ps, seeds)
+    args, noises, lq_penalties = _single_values_as_options(args, noises, lq_penalties)
+    lq_q = args.lq_q
+    args = dataclasses.replace(args, lq_q=None) if lq_penalties is not None else args
+    args.validate()  # the shared options (--lq-q belongs to the penalty axis)
+    args.lq_q = lq_q
+    points = grid(args, qs, ps, seeds, noises, lq_penalties)
     root = Path(args.output_dir).expanduser()
     _check_output_dir(root, args, points)
     require("matplotlib", feature="the sweep's plots", install=MATPLOTLIB)  # before any run
 
     state = PartialState(cpu=not torch.cuda.is_available())
     status = _run_grid(args, points, root, state)
-    result = _summarise(args, list(qs), ps, list(seeds), points, root, status, state)
+    axes = {"q": list(qs), "p": ps, "seeds": list(seeds), "noise": noises, "lq_penalty": lq_penalties}
+    result = _summarise(args, axes, points, root, status, state)
     if state.use_distributed:
         state.wait_for_everyone()
         state.destroy_process_group()
@@ -284,10 +221,7 @@ def _run_grid(args: FinetuneArgs, points: list[GridPoint], root: Path, state: An
             continue
         logger.info(f"[{i}/{len(points)} {pt.label}] {'resuming' if states[pt] == 'resume' else 'training'}")
         run_args = dataclasses.replace(
-            args,
-            q=pt.q,
-            p=pt.p,
-            seed=pt.seed,
+            point_args(args, pt),
             output_dir=str(root / pt.relative_dir),
             baseline=False,
             overwrite_output_dir=states[pt] == "fresh",
@@ -300,11 +234,25 @@ def _run_grid(args: FinetuneArgs, points: list[GridPoint], root: Path, state: An
     return status
 
 
+def _single_values_as_options(
+    args: FinetuneArgs, noises: Sequence[str] | None, lq_penalties: Sequence[float] | None
+) -> tuple[FinetuneArgs, list[str] | None, list[float] | None]:
+    """One noise mode or one penalty weight is the shared option, not an axis (no directory level)."""
+    changes: dict[str, Any] = {}
+    noises = None if noises is None else list(noises)
+    lq_penalties = None if lq_penalties is None else list(lq_penalties)
+    if lq_penalties is not None and args.lq_penalty is not None:
+        raise UsageError("the L_q penalty is given twice", "pass the weights once, as the penalty axis")
+    if noises is not None and len(noises) == 1:
+        changes["noise"], noises = noises[0], None
+    if lq_penalties is not None and len(lq_penalties) == 1:
+        changes["lq_penalty"], lq_penalties = lq_penalties[0] or None, None  # 0: no penalty
+    return (dataclasses.replace(args, **changes) if changes else args), noises, lq_penalties
+
+
 def _summarise(
     args: FinetuneArgs,
-    qs: list[float],
-    ps: list[float | None],
-    seeds: list[int],
+    axes: dict[str, Any],
     points: list[GridPoint],
     root: Path,
     status: dict[GridPoint, str],
@@ -312,7 +260,7 @@ def _summarise(
 ) -> SweepResult:
     task, runs = "", []
     for pt in points:
-        task, record = _read_record(root, pt, status[pt])
+        task, record = read_record(root, pt, status[pt])
         runs.append(record)
     metric, _ = headline(task)
     result = SweepResult(task, metric, root, runs, aggregate(runs, metric), is_main_process=state.is_main_process)
@@ -325,7 +273,7 @@ def _summarise(
             json.dumps(
                 {
                     **result.to_dict(),
-                    "grid": {"q": qs, "p": ps, "seeds": seeds, "baseline_q": BASELINE_Q},
+                    "grid": {**axes, "baseline_q": BASELINE_Q},
                     "options": _shared_options(args),
                 },
                 indent=2,

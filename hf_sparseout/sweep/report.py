@@ -1,10 +1,11 @@
-"""Summaries of a sweep: mean ± std per (p, q), per-site Hoyer, time against dropout; the files.
+"""Summaries of a sweep: mean ± std per grid cell, per-site Hoyer, time against dropout; the files.
 
-``aggregate`` turns per-run records into per-(p, q) rows; ``write_markdown``, ``write_plot`` and
-``write_site_plot`` write ``sweep.md``, ``sweep.png`` and ``sweep_sites.png`` from a ``SweepResult``
-(see ``sweep.py``). A record is one finished run::
+``aggregate`` turns per-run records into one row per cell (p, noise, penalty, q); ``write_markdown``,
+``write_plot`` and ``write_site_plot`` write ``sweep.md``, ``sweep.png`` and ``sweep_sites.png`` from a
+``SweepResult`` (see ``run.py``). A record is one finished run (``run.read_record``)::
 
-    {"p", "q", "seed", <metric>, "hoyer", "eval_loss", "throughput", "throughput_unit", "sites": {site: hoyer}}
+    {"p", "q", "seed", "noise"?, "lq_penalty"?, <metric>, "hoyer", "eval_loss", "throughput",
+     "throughput_unit", "sites": {site: hoyer}, and the diagnostics in SUMMARISED}
 """
 
 from __future__ import annotations
@@ -16,10 +17,33 @@ from pathlib import Path
 from typing import Any
 
 from hf_sparseout.optional import require_matplotlib
+from hf_sparseout.sweep.grid import BASELINE_Q
 from hf_sparseout.training.reporting import CURVE_KEYS, headline
 
-BASELINE_Q = 2.0
 FILES = {"json": "sweep.json", "markdown": "sweep.md", "plot": "sweep.png", "site_plot": "sweep_sites.png"}
+# Per-run values summarised as mean ± std besides the final metric (best_eval_<metric> is added per task).
+SUMMARISED = (
+    "hoyer",
+    "eval_loss",
+    "throughput",
+    *CURVE_KEYS,
+    "best_step",
+    "gap_at_best",
+    "hoyer_init",
+    "hoyer_change",
+    "relative_near_zero_fraction",
+    "grad_norm_median",
+)
+DIAGNOSTIC_HEADERS = ("best step", "gap", "hoyer", "hoyer change", "rel. near-zero", "grad norm")
+DIAGNOSTIC_KEYS = (
+    "best_step",
+    "gap_at_best",
+    "hoyer",
+    "hoyer_change",
+    "relative_near_zero_fraction",
+    "grad_norm_median",
+)
+Cell = tuple[float | None, str | None, float | None, float]  # (p, noise, lq_penalty, q)
 
 
 def _stats(values: list[float]) -> tuple[float | None, float | None]:
@@ -28,46 +52,56 @@ def _stats(values: list[float]) -> tuple[float | None, float | None]:
     return mean, std
 
 
-def _group_key(kv: tuple[tuple[float | None, float], Any]) -> tuple[bool, float, float]:
-    (p, q), _ = kv
-    return (p is not None, p or 0.0, q)
+def _cell(r: Mapping[str, Any]) -> Cell:
+    return (r["p"], r.get("noise"), r.get("lq_penalty"), r["q"])
+
+
+def _cell_order(cell: Cell) -> tuple[bool, float, str, float, float]:
+    p, noise, lq, q = cell
+    return (p is not None, p or 0.0, noise or "", lq or 0.0, q)
+
+
+def series_key(row: Mapping[str, Any]) -> tuple[float | None, str | None, float | None]:
+    """The line a row belongs to in the plots: (p, noise, penalty); q = 2 rows have no noise."""
+    return (row["p"], row.get("noise"), row.get("lq_penalty"))
 
 
 def aggregate(records: Iterable[Mapping[str, Any]], metric: str) -> list[dict[str, Any]]:
-    """Mean and sample standard deviation (n - 1; None for one seed) per (p, q), sorted by p then q.
+    """Mean and sample standard deviation (n - 1; None for one seed) per cell, sorted by p, noise, penalty, q.
 
-    Each record needs ``p``, ``q``, ``seed`` and the metric, ``hoyer`` and ``eval_loss`` values (None or
-    a missing key is left out of that statistic); ``throughput`` and ``sites`` (site -> Hoyer) are
-    optional. ``n`` is the number of seeds of the group. ``time_vs_dropout`` is the training time per
-    token (or sample) relative to the q = 2 run of the same p and seed (baseline throughput / throughput;
-    1.25 = 25 % slower than dropout), averaged over the seeds that have both. ``site_hoyer`` maps each
-    site to ``{"mean", "std"}``.
+    A cell is (p, noise, lq_penalty, q); ``noise``/``lq_penalty`` are None (or absent) when they are not
+    axes. Each record needs ``p``, ``q``, ``seed`` and the metric, ``hoyer`` and ``eval_loss`` values
+    (None or a missing key is left out of that statistic); the keys of :data:`SUMMARISED`,
+    ``best_eval_<metric>`` and ``sites`` (site -> Hoyer) are optional. ``n`` is the number of seeds of
+    the cell. ``time_vs_dropout`` is the training time per token (or sample) relative to the q = 2 run
+    of the same p, penalty and seed (baseline throughput / throughput; 1.25 = 25 % slower than
+    dropout), averaged over the seeds that have both. ``site_hoyer`` maps each site to ``{"mean", "std"}``.
     """
     records = list(records)
     base_throughput = {
-        (r["p"], r["seed"]): r["throughput"] for r in records if r["q"] == BASELINE_Q and r.get("throughput")
+        (r["p"], r.get("lq_penalty"), r["seed"]): r["throughput"]
+        for r in records
+        if r["q"] == BASELINE_Q and r.get("throughput")
     }
-    groups: dict[tuple[float | None, float], list[Mapping[str, Any]]] = {}
+    groups: dict[Cell, list[Mapping[str, Any]]] = {}
     for r in records:
-        groups.setdefault((r["p"], r["q"]), []).append(r)
+        groups.setdefault(_cell(r), []).append(r)
+    with_axes = any(r.get("noise") is not None or r.get("lq_penalty") is not None for r in records)
     rows = []
-    for (p, q), group in sorted(groups.items(), key=_group_key):
-        row: dict[str, Any] = {
-            "p": p,
-            "q": q,
-            "baseline": q == BASELINE_Q,
-            "n": len(group),
-            "seeds": sorted(r["seed"] for r in group),
-        }
-        for key in (metric, "hoyer", "eval_loss", "throughput", *CURVE_KEYS):
+    for (p, noise, lq, q), group in sorted(groups.items(), key=lambda kv: _cell_order(kv[0])):
+        row: dict[str, Any] = {"p": p, "q": q}
+        if with_axes:
+            row.update(noise=noise, lq_penalty=lq)
+        row.update(baseline=q == BASELINE_Q, n=len(group), seeds=sorted(r["seed"] for r in group))
+        for key in (metric, f"best_eval_{metric}", *SUMMARISED):
             mean, std = _stats([float(r[key]) for r in group if r.get(key) is not None])
             row[f"{key}_mean"], row[f"{key}_std"] = mean, std
         units = {r["throughput_unit"] for r in group if r.get("throughput_unit")}
         row["throughput_unit"] = units.pop() if len(units) == 1 else None
         ratios = [
-            base_throughput[p, r["seed"]] / r["throughput"]
+            base_throughput[p, lq, r["seed"]] / r["throughput"]
             for r in group
-            if r.get("throughput") and (p, r["seed"]) in base_throughput
+            if r.get("throughput") and (p, lq, r["seed"]) in base_throughput
         ]
         row["time_vs_dropout_mean"], row["time_vs_dropout_std"] = _stats(ratios)
         sites: dict[str, list[float]] = {}
@@ -91,27 +125,88 @@ def _p_label(p: float | None) -> str:
     return "model's" if p is None else f"{p:g}"
 
 
+Series = tuple[float | None, str | None, float | None]
+
+
+def series_label(key: Series, with_p: bool = True) -> str:
+    """``p=0.1, noise=matched, lq=1`` (the parts that are axes; empty when none is)."""
+    p, noise, lq = key
+    parts = [f"p={_p_label(p)}"] if with_p and p is not None else []
+    parts += [] if noise is None else [f"noise={noise}"]
+    parts += [] if lq is None else [f"lq={lq:g}"]
+    return ", ".join(parts)
+
+
+def series(summary: list[dict[str, Any]]) -> list[tuple[Series, list[dict[str, Any]]]]:
+    """The lines of the plots: rows per (p, noise, penalty), by q; the shared q = 2 row joins every noise line."""
+    noisy = {(r["p"], r.get("lq_penalty")) for r in summary if r.get("noise") is not None}
+    out = []
+    for key in dict.fromkeys(series_key(r) for r in summary):
+        p, noise, lq = key
+        if noise is None and (p, lq) in noisy:
+            continue  # the q = 2 rows of a noise axis: drawn with each noise mode
+        rows = [
+            r
+            for r in summary
+            if series_key(r) == key or (noise is not None and r["baseline"] and series_key(r) == (p, None, lq))
+        ]
+        out.append((key, sorted(rows, key=lambda r: r["q"])))
+    return out
+
+
+def lead_columns(summary: list[dict[str, Any]]) -> list[str]:
+    """The axis columns a table of ``summary`` needs before q: p, noise, lq (those that vary or are set)."""
+    cols = ["p"] if any(r["p"] is not None for r in summary) else []
+    cols += ["noise"] if any(r.get("noise") is not None for r in summary) else []
+    cols += ["lq"] if any(r.get("lq_penalty") is not None for r in summary) else []
+    return cols
+
+
+def lead_cells(row: Mapping[str, Any], columns: list[str]) -> list[str]:
+    """The axis cells of ``row`` for :func:`lead_columns` (``-`` for the noise of a shared q = 2 row)."""
+    values = {
+        "p": _p_label(row["p"]),
+        "noise": row.get("noise") or "-",
+        "lq": "" if row.get("lq_penalty") is None else f"{row['lq_penalty']:g}",
+    }
+    return [values[c] for c in columns]
+
+
+def _q_cell(row: Mapping[str, Any]) -> str:
+    return f"{row['q']:g}" + (" (dropout baseline)" if row["baseline"] else "")
+
+
+def _table(result: Any, header: list[str], keys: list[str]) -> list[str]:
+    lead = lead_columns(result.summary)
+    lines = ["| " + " | ".join([*lead, "q", "n", *header]) + " |", "|---" * (len(lead) + 2 + len(header)) + "|"]
+    for r in result.summary:
+        cells = [*lead_cells(r, lead), _q_cell(r), str(r["n"])]
+        cells += [format_mean_std(r.get(f"{k}_mean"), r.get(f"{k}_std")) for k in keys]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
 def _site_value(row: Mapping[str, Any], site: str, stat: str) -> float | None:
     return (row.get("site_hoyer", {}).get(site) or {}).get(stat)
 
 
-def _site_panels(result: Any) -> list[tuple[float | None, list[dict[str, Any]], list[str]]]:
-    """Per p (in summary order) that recorded per-site Hoyer: ``(p, its rows, its sites)``."""
+def _site_panels(result: Any) -> list[tuple[Series, list[dict[str, Any]], list[str]]]:
+    """Per series (in summary order) that recorded per-site Hoyer: ``(series, its rows, its sites)``."""
     panels = []
-    for p in dict.fromkeys(r["p"] for r in result.summary):
-        rows = [r for r in result.summary if r["p"] == p]
+    for key, rows in series(result.summary):
         sites = list(dict.fromkeys(s for r in rows for s in r.get("site_hoyer", {})))
         if sites:
-            panels.append((p, rows, sites))
+            panels.append((key, rows, sites))
     return panels
 
 
 def _site_tables(result: Any) -> list[str]:
-    """One table per p: a row per site, a column per q, mean ± std Hoyer over seeds."""
+    """One table per series: a row per site, a column per q, mean ± std Hoyer over seeds."""
     lines: list[str] = []
-    for p, rows, sites in _site_panels(result):
+    for key, rows, sites in _site_panels(result):
         qs = [f"q={r['q']:g}" + (" (dropout)" if r["baseline"] else "") for r in rows]
-        lines += ["", f"p = {_p_label(p)}:", "", "| site | " + " | ".join(qs) + " |", "|---" * (len(qs) + 1) + "|"]
+        title = series_label(key) or f"p = {_p_label(key[0])}"
+        lines += ["", f"{title}:", "", "| site | " + " | ".join(qs) + " |", "|---" * (len(qs) + 1) + "|"]
         for s in sites:
             cells = [format_mean_std(_site_value(r, s, "mean"), _site_value(r, s, "std")) for r in rows]
             lines.append(f"| `{s}` | " + " | ".join(cells) + " |")
@@ -119,12 +214,11 @@ def _site_tables(result: Any) -> list[str]:
 
 
 def _curve_lines(result: Any) -> list[str]:
-    """Deployable sparsity per (p, q) when the runs had ``--sparsity-curve``: mean ± std over seeds."""
+    """Deployable sparsity per cell when the runs had ``--sparsity-curve``: mean ± std over seeds."""
     if not any(r.get("sparsity_at_1pct_mean") is not None for r in result.summary):
         return []
-    with_p = any(r["p"] is not None for r in result.summary)
     rule = "+1 % / +5 % perplexity" if result.metric == "perplexity" else "-1 / -5 accuracy points"
-    lines = [
+    return [
         "",
         "## Deployable sparsity (magnitude thresholding, `--sparsity-curve`)",
         "",
@@ -132,23 +226,34 @@ def _curve_lines(result: Any) -> list[str]:
         "run's own unthresholded model (parameter-weighted, interpolated between targets; see each run's report.md). "
         "Mean ± std over seeds.",
         "",
-        ("| p " if with_p else "") + "| q | n | sparsity at 1% | sparsity at 5% | hoyer |",
-        ("|---" if with_p else "") + "|---|---|---|---|---|",
+        *_table(result, ["sparsity at 1%", "sparsity at 5%", "hoyer"], [*CURVE_KEYS, "hoyer"]),
     ]
-    for r in result.summary:
-        q = f"{r['q']:g}" + (" (dropout baseline)" if r["baseline"] else "")
-        cells = ([_p_label(r["p"])] if with_p else []) + [q, str(r["n"])]
-        cells += [format_mean_std(r.get(f"{k}_mean"), r.get(f"{k}_std")) for k in (*CURVE_KEYS, "hoyer")]
-        lines.append("| " + " | ".join(cells) + " |")
-    return lines
+
+
+def _diagnostic_lines(result: Any) -> list[str]:
+    """Best evaluation and training diagnostics per cell (runs written with them; issue 14)."""
+    m = result.metric
+    if not any(r.get(f"best_eval_{m}_mean") is not None for r in result.summary):
+        return []
+    return [
+        "",
+        "## Best evaluation and diagnostics",
+        "",
+        f"best {m}: the best of the run's evaluations (at best step); gap: eval loss minus the mean training loss "
+        "of the steps before that evaluation; Hoyer change: final Hoyer minus the untrained model's on the same "
+        "eval data; rel. near-zero: fraction of entries with |a| <= 0.1 RMS of their vector (final model); grad norm: "
+        "median gradient norm before clipping. Mean ± std over seeds.",
+        "",
+        *_table(result, [f"best {m}", *DIAGNOSTIC_HEADERS], [f"best_eval_{m}", *DIAGNOSTIC_KEYS]),
+    ]
 
 
 def write_markdown(path: Path, result: Any, options: Mapping[str, Any]) -> Path:
-    """``sweep.md``: per-(p, q) table, per-site Hoyer, every run, the plots and the shared options."""
+    """``sweep.md``: per-cell table, diagnostics, per-site Hoyer, every run, the plots and the shared options."""
     m = result.metric
-    with_p = any(r["p"] is not None for r in result.summary)
     units = {r.get("throughput_unit") for r in result.summary} - {None}
     unit = units.pop() if len(units) == 1 else "throughput"
+    lead = lead_columns(result.summary)
     lines = [
         f"# hf-sparseout sweep: {result.task}",
         "",
@@ -158,17 +263,17 @@ def write_markdown(path: Path, result: Any, options: Mapping[str, Any]) -> Path:
         f"{unit} is training throughput; time vs dropout is the training time per unit relative to the "
         "q = 2 run of the same p and seed (1.25 = 25 % slower).",
         "",
-        ("| p " if with_p else "") + f"| q | n | {m} | hoyer | eval_loss | {unit} | time vs dropout |",
-        ("|---" if with_p else "") + "|---|---|---|---|---|---|---|",
+        "| " + " | ".join([*lead, "q", "n", m, "hoyer", "eval_loss", unit, "time vs dropout"]) + " |",
+        "|---" * (len(lead) + 7) + "|",
     ]
     for r in result.summary:
-        q = f"{r['q']:g}" + (" (dropout baseline)" if r["baseline"] else "")
-        cells = ([_p_label(r["p"])] if with_p else []) + [q, str(r["n"])]
+        cells = [*lead_cells(r, lead), _q_cell(r), str(r["n"])]
         cells += [format_mean_std(r.get(f"{k}_mean"), r.get(f"{k}_std")) for k in (m, "hoyer", "eval_loss")]
         thr = r.get("throughput_mean")
         cells.append("" if thr is None else f"{thr:.0f}")
         cells.append(format_mean_std(r.get("time_vs_dropout_mean"), r.get("time_vs_dropout_std")))
         lines.append("| " + " | ".join(cells) + " |")
+    lines += _diagnostic_lines(result)
     lines += _curve_lines(result)
     lines += ["", f"![sweep]({FILES['plot']})"]
     site_lines = _site_tables(result)
@@ -186,7 +291,8 @@ def write_markdown(path: Path, result: Any, options: Mapping[str, Any]) -> Path:
 def write_plot(path: Path, result: Any) -> Path:
     """``sweep.png``: the metric (left axis) and Hoyer sparsity (right axis) against q, error bars over seeds.
 
-    One colour per p; the dropout baseline (q = 2) is a horizontal line with a ±1 std band.
+    One colour per series (p, noise mode, penalty); the dropout baseline (q = 2) is a horizontal line
+    with a ±1 std band.
     """
     plt = require_matplotlib("the sweep's plot (sweep.png)")
 
@@ -195,11 +301,11 @@ def write_plot(path: Path, result: Any) -> Path:
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     ax2 = ax.twinx()
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    ps = list(dict.fromkeys(r["p"] for r in result.summary))
-    for i, p in enumerate(ps):
-        rows = [r for r in result.summary if r["p"] == p]
+    lines = series(result.summary)
+    for i, (key, rows) in enumerate(lines):
         colour = colours[i % len(colours)]
-        tag = "" if len(ps) == 1 and p is None else (" (model's p)" if p is None else f" (p={p:g})")
+        name = series_label(key) or ("model's p" if len(lines) > 1 else "")
+        tag = f" ({name})" if name else ""
         qs = [r["q"] for r in rows]
 
         def err(k: str, rows: list[dict[str, Any]] = rows) -> list[float]:
@@ -229,7 +335,9 @@ def write_plot(path: Path, result: Any) -> Path:
 
 
 def write_site_plot(path: Path, result: Any) -> Path | None:
-    """``sweep_sites.png``: per p, a site x q heat map of mean Hoyer minus the dropout run's (red: sparser).
+    """``sweep_sites.png``: per series (p, noise, penalty), a site x q heat map of mean Hoyer minus dropout's.
+
+    Red: sparser than the dropout run.
 
     Each cell is annotated with the mean Hoyer itself; without a q = 2 run the colour is the Hoyer value.
     None (nothing written) when the runs recorded no per-site sparsity.
@@ -242,7 +350,7 @@ def write_site_plot(path: Path, result: Any) -> Path | None:
         return None
     height = 1.5 + 0.28 * max(len(sites) for _, _, sites in panels)
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels) + 3.0, height), squeeze=False)
-    for ax, (p, rows, sites) in zip(axes[0], panels, strict=True):
+    for ax, (key, rows, sites) in zip(axes[0], panels, strict=True):
         values = np.array([[_site_value(r, s, "mean") for r in rows] for s in sites], dtype=float)
         base = next((i for i, r in enumerate(rows) if r["baseline"]), None)
         colour = values - values[:, [base]] if base is not None else values
@@ -257,7 +365,7 @@ def write_site_plot(path: Path, result: Any) -> Path | None:
         ax.set_xticks(range(len(rows)), [f"{r['q']:g}" for r in rows])
         ax.set_yticks(range(len(sites)), sites, fontsize=7)
         ax.set_xlabel("q")
-        ax.set_title(f"p = {_p_label(p)}", fontsize=9)
+        ax.set_title(series_label(key) or f"p = {_p_label(key[0])}", fontsize=9)
         cbar = fig.colorbar(image, ax=ax, fraction=0.05)
         cbar.set_label("Hoyer − dropout run's" if base is not None else "Hoyer", fontsize=8)
     fig.suptitle("Hoyer sparsity per site (cell: mean over seeds)", fontsize=10)
