@@ -46,9 +46,10 @@ def quality_line(arm: str, row: dict) -> str:
 
 
 def sparsity_line(arm: str, row: dict) -> str:
-    """``| arm | p | q | Hoyer | change from init | rel. near-zero | sparsity at 1% | at 5% |``."""
-    cells = [ARMS[arm], f"{row['p']:g}", f"{row['q']:g}", _ms(row, "hoyer", 4), _ms(row, "hoyer_change", 4, True)]
-    cells += [_ms(row, "relative_near_zero_fraction", 4), _ms(row, "sparsity_at_1pct", 3)]
+    """``| arm | p | q | Hoyer at best | Hoyer | change from init | mean abs | rel. near-zero | at 1% | at 5% |``."""
+    cells = [ARMS[arm], f"{row['p']:g}", f"{row['q']:g}", _ms(row, "hoyer_at_best", 4), _ms(row, "hoyer", 4)]
+    cells += [_ms(row, "hoyer_change", 4, True), _ms(row, "mean_abs", 3), _ms(row, "relative_near_zero_fraction", 4)]
+    cells += [_ms(row, "sparsity_at_1pct", 3)]
     cells += [_ms(row, "sparsity_at_5pct", 3)]
     return "| " + " | ".join(cells) + " |"
 
@@ -62,8 +63,9 @@ def main(argv: list[str]) -> None:
         for row in summary:
             print(quality_line(arm, row))
     print()
-    print("| arm | p | q | Hoyer | Hoyer − init | rel. near-zero | sparsity at +1 % | sparsity at +5 % |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| arm | p | q | Hoyer at best step | final Hoyer | final − init | mean abs(x) | rel. near-zero | ", end="")
+    print("sparsity at +1 % | sparsity at +5 % |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for arm, summary in arms.items():
         for row in summary:
             print(sparsity_line(arm, row))

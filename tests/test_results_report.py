@@ -50,3 +50,82 @@ def test_report_tables_show_the_summary(name):
             q, m, h = (f"**{c}**" for c in (q, m, h))
         cells = [f"{row['p']:g}", q, m, h]
         assert "| " + " | ".join(cells) + " |" in text, (name, row["p"], row["q"])
+
+
+# ---- v2: the regime where regularisation matters (issue 14), one sweep directory per arm ----
+
+V2 = DOCS / "results" / "v2"
+V2_ARMS = {
+    "p0": "p = 0 (control)",
+    "dropout": "dropout",
+    "raw": "raw Sparseout",
+    "matched": "matched Sparseout",
+    "lq_1": "L_q penalty w = 1",
+    "lq_10": "L_q penalty w = 10",
+}
+V2_RUNS = {"p0": 3, "dropout": 6, "raw": 9, "matched": 9, "lq_1": 3, "lq_10": 3}
+
+
+def _v2(arm: str) -> dict:
+    return json.loads((V2 / arm / "sweep.json").read_text())
+
+
+def _cell(row: dict, key: str, digits: int, signed: bool = False) -> str:
+    mean, std = row[f"{key}_mean"], row[f"{key}_std"]
+    text = (f"{mean:+.{digits}f}" if signed else f"{mean:.{digits}f}") + f" ± {std:.{digits}f}"
+    return text
+
+
+@pytest.mark.parametrize("arm", sorted(V2_ARMS))
+def test_v2_kept_runs_reproduce_the_summary(arm):
+    data = _v2(arm)
+    records = [read_record(V2 / arm, GridPoint(r["p"], r["q"], r["seed"]), r["status"])[1] for r in data["runs"]]
+    assert len(records) == V2_RUNS[arm]
+    assert {r["dir"] for r in records} == {r["dir"] for r in data["runs"]}
+    again = aggregate(records, "perplexity")
+    assert len(again) == len(data["summary"])
+    keys = ("best_eval_perplexity", "best_step", "gap_at_best", "perplexity", "grad_norm_median", "hoyer")
+    keys += ("hoyer_at_best", "hoyer_change", "mean_abs", "relative_near_zero_fraction")
+    keys += ("sparsity_at_1pct", "sparsity_at_5pct")
+    for mine, kept in zip(again, data["summary"], strict=True):
+        assert (mine["p"], mine["q"], mine["n"]) == (kept["p"], kept["q"], 3)
+        for key in keys:
+            for stat in ("mean", "std"):
+                assert mine[f"{key}_{stat}"] == pytest.approx(kept[f"{key}_{stat}"], rel=1e-9), key
+
+
+@pytest.mark.parametrize("arm", sorted(V2_ARMS))
+def test_v2_report_tables_show_the_summary(arm):
+    text = (DOCS / "RESULTS.md").read_text()
+    for row in _v2(arm)["summary"]:
+        lead = [V2_ARMS[arm], f"{row['p']:g}", f"{row['q']:g}"]
+        quality = [_cell(row, "best_eval_perplexity", 1), _cell(row, "best_step", 0), _cell(row, "gap_at_best", 2)]
+        quality += [_cell(row, "perplexity", 1), _cell(row, "grad_norm_median", 2)]
+        sparsity = [_cell(row, "hoyer_at_best", 4), _cell(row, "hoyer", 4), _cell(row, "hoyer_change", 4, signed=True)]
+        sparsity += [_cell(row, "mean_abs", 3), _cell(row, "relative_near_zero_fraction", 4)]
+        sparsity += [_cell(row, "sparsity_at_1pct", 3)]
+        sparsity += [_cell(row, "sparsity_at_5pct", 3)]
+        for cells in (quality, sparsity):
+            assert "| " + " | ".join(lead + cells) + " |" in text, (arm, row["p"], row["q"], cells)
+
+
+def test_v2_attention_default_figures_are_the_kept_runs():
+    """The README/RESULTS evidence for ``--attention keep``: seed-0 runs with and without Sparseout there."""
+    text = (DOCS / "RESULTS.md").read_text()
+    for q in ("1", "1.5"):
+        runs = {}
+        for mode, arm in (("sparseout", "attention"), ("keep", "raw")):
+            data = json.loads((V2 / arm / f"p0.1/q{q}/seed0/metrics.json").read_text())
+            assert data["args"]["attention"] == mode and data["args"]["seed"] == 0
+            runs[mode] = data["summary"][0]
+        quoted = [f"{runs[m]['best_eval_perplexity']:.1f}" for m in ("sparseout", "keep")]
+        assert f"{quoted[0]} against {quoted[1]}" in text, (q, quoted)
+    grad = [f"{g:.2f}" for g in _q1_grad_norms()]
+    assert f"(gradient norm {grad[0]} against {grad[1]})" in text
+
+
+def _q1_grad_norms() -> list[float]:
+    return [
+        json.loads((V2 / arm / "p0.1/q1/seed0/metrics.json").read_text())["summary"][0]["grad_norm_median"]
+        for arm in ("attention", "raw")
+    ]

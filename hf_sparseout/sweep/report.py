@@ -29,17 +29,22 @@ SUMMARISED = (
     *CURVE_KEYS,
     "best_step",
     "gap_at_best",
+    "hoyer_at_best",
     "hoyer_init",
     "hoyer_change",
+    "mean_abs",
     "relative_near_zero_fraction",
     "grad_norm_median",
 )
-DIAGNOSTIC_HEADERS = ("best step", "gap", "hoyer", "hoyer change", "rel. near-zero", "grad norm")
+DIAGNOSTIC_HEADERS = ("best step", "gap", "hoyer at best", "hoyer", "hoyer change", "mean abs", "rel. near-zero")
+DIAGNOSTIC_HEADERS += ("grad norm",)
 DIAGNOSTIC_KEYS = (
     "best_step",
     "gap_at_best",
+    "hoyer_at_best",
     "hoyer",
     "hoyer_change",
+    "mean_abs",
     "relative_near_zero_fraction",
     "grad_norm_median",
 )
@@ -239,9 +244,10 @@ def _diagnostic_lines(result: Any) -> list[str]:
         "",
         "## Best evaluation and diagnostics",
         "",
-        f"best {m}: the best of the run's evaluations (at best step); gap: eval loss minus the mean training loss "
-        "of the steps before that evaluation; Hoyer change: final Hoyer minus the untrained model's on the same "
-        "eval data; rel. near-zero: fraction of entries with |a| <= 0.1 RMS of their vector (final model); grad norm: "
+        f"best {m}: the best of the run's evaluations (at best step); gap: eval loss minus the mean training "
+        "loss of the steps before that evaluation; hoyer at best: Hoyer at that evaluation; Hoyer change: final "
+        "Hoyer minus the untrained model's on the same eval data; mean abs: mean |x| at the sites (final); "
+        "rel. near-zero: fraction of entries with |a| <= 0.1 RMS of their vector (final model); grad norm: "
         "median gradient norm before clipping. Mean ± std over seeds.",
         "",
         *_table(result, [f"best {m}", *DIAGNOSTIC_HEADERS], [f"best_eval_{m}", *DIAGNOSTIC_KEYS]),

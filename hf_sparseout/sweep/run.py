@@ -144,6 +144,7 @@ def read_record(root: Path, point: GridPoint, status: str) -> tuple[str, dict[st
     }
     if record["hoyer"] is not None and record["hoyer_init"] is not None:
         record["hoyer_change"] = record["hoyer"] - record["hoyer_init"]
+    record["mean_abs"] = ((run.get("sparsity") or {}).get("overall") or {}).get("mean_abs")
     record["throughput"] = run.get("throughput")
     record["throughput_unit"] = run.get("throughput_unit")
     record["sites"] = {s: v.get("hoyer") for s, v in (run.get("sparsity") or {}).get("sites", {}).items()}
