@@ -21,7 +21,10 @@ import torch
 from attention_reference import CASES, TOL, make_case, reference, rel_err
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
-pytestmark = pytest.mark.skipif(not HAS_TRITON, reason="triton not installed (pip install 'hf-sparseout[triton]')")
+pytestmark = [
+    pytest.mark.skipif(not HAS_TRITON, reason="triton not installed (pip install 'hf-sparseout[triton]')"),
+    pytest.mark.slow,  # the kernels run in a subprocess under TRITON_INTERPRET=1
+]
 
 SEED, CTR = 987654321, 11
 

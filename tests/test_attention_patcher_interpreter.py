@@ -23,7 +23,10 @@ import torch
 from attention_reference import tiny_attention_models
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
-pytestmark = pytest.mark.skipif(not HAS_TRITON, reason="triton not installed (pip install 'hf-sparseout[triton]')")
+pytestmark = [
+    pytest.mark.skipif(not HAS_TRITON, reason="triton not installed (pip install 'hf-sparseout[triton]')"),
+    pytest.mark.slow,  # two training steps in a subprocess under TRITON_INTERPRET=1
+]
 
 SEED = 31337
 
