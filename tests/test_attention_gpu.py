@@ -12,14 +12,13 @@ import importlib.util
 
 import pytest
 import torch
+from attention_reference import CASES, TOL, make_case, reference, rel_err, tiny_attention_models
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not (torch.cuda.is_available() and HAS_TRITON), reason="needs CUDA and triton"),
 ]
-
-from test_attention_interpreter import CASES, TOL, make_case, reference, rel_err  # noqa: E402
 
 SEED, CTR = 12345, 3
 
@@ -59,11 +58,9 @@ def _step(model, inputs, flash: bool):
 
 
 def test_patched_model_flash_equals_explicit_on_gpu():
-    from test_attention_patcher_interpreter import _models
-
     import hf_sparseout
 
-    for name, (model, inputs) in _models().items():
+    for name, (model, inputs) in tiny_attention_models().items():
         model = model.cuda().train()
         inputs = {k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
         report = hf_sparseout.patch(model, hf_sparseout.SparseoutConfig(q=1.5))

@@ -20,35 +20,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from attention_reference import tiny_attention_models
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
-pytestmark = pytest.mark.skipif(not HAS_TRITON, reason="triton not installed (pip install 'hf-sparseout[triton]')")
+pytestmark = [
+    pytest.mark.skipif(not HAS_TRITON, reason="triton not installed (pip install 'hf-sparseout[triton]')"),
+    pytest.mark.slow,  # two training steps in a subprocess under TRITON_INTERPRET=1
+]
 
 SEED = 31337
-
-
-def _models():
-    from architectures import COMMON, batch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    gpt2 = AutoConfig.for_model("gpt2", **COMMON, n_layer=2, n_embd=32, n_head=2, n_positions=64)
-    llama = AutoConfig.for_model(
-        "llama",
-        **COMMON,
-        hidden_size=64,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        attention_dropout=0.2,
-    )
-    out = {}
-    for name, cfg in (("gpt2", gpt2), ("llama-gqa", llama)):
-        torch.manual_seed(0)
-        model = AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa")
-        inputs = batch(model)
-        out[name] = (model, {**inputs, "labels": inputs["input_ids"], "use_cache": False})
-    return out
 
 
 def worker(path: str) -> None:
@@ -74,7 +54,7 @@ def worker(path: str) -> None:
     torch.cuda.device = lambda device: contextlib.nullcontext()
 
     res = {}
-    for name, (model, inputs) in _models().items():
+    for name, (model, inputs) in tiny_attention_models().items():
         hf_sparseout.patch(model, hf_sparseout.SparseoutConfig(q=1.5))
         sites = {n: m for n, m in model.named_modules() if isinstance(m, hf_sparseout.Sparseout)}
         model.train()

@@ -15,6 +15,7 @@ def _run(out, *args):
     return json_tail(result.output)
 
 
+@pytest.mark.slow  # trains two runs end to end
 def test_p0_control_is_the_same_run_and_every_diagnostic_is_recorded(tmp_path):
     """--baseline none trains at p = 0 at the same sites, from the same seed and data order."""
     data = write_text_corpus(tmp_path / "txt")
@@ -50,6 +51,7 @@ def test_p0_control_is_the_same_run_and_every_diagnostic_is_recorded(tmp_path):
     assert "not measured" in report and "hoyer_init" in report
 
 
+@pytest.mark.slow  # trains three runs end to end
 def test_both_baselines_penalty_and_mlp_units(tmp_path):
     data = write_text_corpus(tmp_path / "txt")
     out = tmp_path / "out"

@@ -18,6 +18,7 @@ def _flat(text: str) -> str:
     return " ".join(text.split())
 
 
+@pytest.mark.slow  # trains two runs end to end
 def test_curve_for_both_runs_in_metrics_report_plot_and_thresholds(tmp_path):
     data = write_text_corpus(tmp_path / "txt")
     out = tmp_path / "out"
@@ -82,6 +83,7 @@ def test_sweep_aggregates_the_headline_over_seeds():
     assert rows[2.0]["sparsity_at_1pct_mean"] is None
 
 
+@pytest.mark.slow  # a sweep of two training runs
 def test_sweep_passes_the_curve_to_every_run_and_reports_mean_std(tmp_path):
     from accelerate.state import AcceleratorState
     from typer.testing import CliRunner
@@ -107,6 +109,7 @@ def test_sweep_passes_the_curve_to_every_run_and_reports_mean_std(tmp_path):
     assert "## Deployable sparsity" in (out / "sweep.md").read_text()
 
 
+@pytest.mark.slow  # launches 1 and 2 processes
 def test_two_processes_give_the_one_process_curve(tmp_path):
     """Under `accelerate launch` (2 CPU processes, gloo) every curve point equals the 1-process run's.
 
