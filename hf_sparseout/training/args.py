@@ -4,82 +4,214 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from hf_sparseout.errors import UsageError
+from hf_sparseout.ops.sparseout import GRADIENT_MODES, NOISE_MODES
+from hf_sparseout.patcher.config import ATTENTION_MODES
 
-__all__ = ["PRECISIONS", "SCHEDULERS", "TASKS", "FinetuneArgs", "UsageError"]
+__all__ = [
+    "ATTENTION_MODES",
+    "BASELINES",
+    "GRADIENT_MODES",
+    "NOISE_MODES",
+    "PRECISIONS",
+    "SCHEDULERS",
+    "TASKS",
+    "FinetuneArgs",
+    "UsageError",
+    "help_for",
+]
 
+# The vocabularies of the options with a fixed set of values (the command's choices are built from these;
+# attention, gradient and noise are SparseoutConfig's own, imported above).
 TASKS = ("causal-lm", "classification")
 SCHEDULERS = ("linear", "cosine", "constant")
 PRECISIONS = ("no", "fp16", "bf16")
 BASELINES = ("dropout", "none", "both")
 """``--baseline`` kinds: plain dropout at the same sites (q = 2), p = 0 at the same sites, or both."""
-NOISE_MODES = ("raw", "matched")
 
 
 @dataclass
 class FinetuneArgs:
-    """Options of a fine-tuning run (see ``hf-sparseout finetune --help`` for each)."""
+    """Options of a fine-tuning run, one field per option of ``hf-sparseout finetune``.
+
+    Each field's ``metadata["help"]`` is that option's help text (PEFT's ``field(metadata={"help": ...})``
+    style, what ``transformers.HfArgumentParser`` reads too), and ``metadata["choices"]`` its vocabulary where
+    it has one. The command takes its help, defaults and choices from here (``cli/finetune_cmd.py``);
+    ``tests/test_cli_args_drift.py`` fails if the two disagree.
+    """
 
     # task and data
-    task: str | None = None
-    dataset: str | None = None
-    dataset_config: str | None = None
-    train_split: str = "train"
-    eval_split: str | None = None
-    validation_split_percentage: float = 10.0
-    text_column: str | None = None
-    text_pair_column: str | None = None
-    label_column: str | None = None
-    max_train_samples: int | None = None
-    max_eval_samples: int | None = None
-    block_size: int = 128
-    max_length: int = 128
+    task: str | None = field(
+        default=None,
+        metadata={"help": "Inferred when obvious (a label column means classification).", "choices": TASKS},
+    )
+    dataset: str | None = field(
+        default=None,
+        metadata={
+            "help": "Hub dataset name, or a local file/directory (.txt .csv .tsv .json .jsonl .parquet). "
+            "Default: a built-in offline corpus."
+        },
+    )
+    dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset configuration name."})
+    train_split: str = field(default="train", metadata={"help": "Training split."})
+    eval_split: str | None = field(
+        default=None, metadata={"help": "Eval split (default: validation/valid/dev/test, else carved from train)."}
+    )
+    validation_split_percentage: float = field(
+        default=10.0, metadata={"help": "Percent of train carved as eval when the data has no eval split."}
+    )
+    text_column: str | None = field(default=None, metadata={"help": "Text column (auto: text, sentence, ...)."})
+    text_pair_column: str | None = field(default=None, metadata={"help": "Second text column for pair classification."})
+    label_column: str | None = field(default=None, metadata={"help": "Label column (auto: label, labels, ...)."})
+    max_train_samples: int | None = field(
+        default=None, metadata={"help": "Cap on training examples (blocks for causal LM)."}
+    )
+    max_eval_samples: int | None = field(
+        default=None, metadata={"help": "Cap on eval examples (blocks for causal LM)."}
+    )
+    block_size: int = field(default=128, metadata={"help": "Causal LM: tokens per training block."})
+    max_length: int = field(default=128, metadata={"help": "Classification: truncate inputs to this many tokens."})
     # model
-    model: str | None = None
-    from_config: str | None = None
-    tokenizer: str | None = None
-    # sparseout
-    p: float | None = None
-    q: float = 1.5
-    targets: list[str] | str | None = None
-    exclude: list[str] | str | None = None
-    attention: str = "sparseout"
-    insert: list[str] | str | None = None
-    gradient: str = "reference"
-    baseline: bool | str | None = None
-    noise: str = "raw"
-    lq_penalty: float | None = None
-    lq_q: float | None = None
+    model: str | None = field(default=None, metadata={"help": "Hub id or local directory to fine-tune."})
+    from_config: str | None = field(
+        default=None,
+        metadata={
+            "help": "Train from scratch: a preset (gpt2-tiny, gpt2-mini, gpt2-small, llama-tiny, bert-tiny) "
+            "or a config.json."
+        },
+    )
+    tokenizer: str | None = field(
+        default=None,
+        metadata={"help": "Tokenizer (default: the model's; with --from-config, a BPE trained on the data)."},
+    )
+    # sparseout (p, q, targets, exclude, attention, insert and gradient are inspect's options too)
+    p: float | None = field(
+        default=None, metadata={"help": "Drop probability for every patched site (default: keep each site's own p)."}
+    )
+    q: float = field(default=1.5, metadata={"help": "Sparseout exponent: q<2 sparser, q=2 dropout, q>2 denser."})
+    targets: list[str] | str | None = field(
+        default=None,
+        metadata={
+            "help": "Sites to patch: names or dotted suffixes (repeat or comma-separate), or one 're:<regex>'. "
+            "Default: all."
+        },
+    )
+    exclude: list[str] | str | None = field(
+        default=None, metadata={"help": "Sites to leave alone (same syntax as --targets)."}
+    )
+    attention: str = field(
+        default="sparseout",
+        metadata={
+            "help": "Attention-probability dropout: make it Sparseout, or keep it plain.",
+            "choices": ATTENTION_MODES,
+        },
+    )
+    insert: list[str] | str | None = field(
+        default=None,
+        metadata={
+            "help": "Module names/suffixes whose outputs get a new Sparseout site (e.g. mlp.act_fn), or 'mlp': the "
+            "MLP hidden units of any supported family; needs --p (0 for measured identity sites)."
+        },
+    )
+    gradient: str = field(
+        default="reference",
+        metadata={
+            "help": "Backward rule: the authors' (reference) or the true derivative (exact).",
+            "choices": GRADIENT_MODES,
+        },
+    )
+    baseline: bool | str | None = field(
+        default=None,
+        metadata={
+            "help": "Control runs (same seed, data order and sites): dropout (q=2 at the same p; a bare --baseline), "
+            "none (p=0: no noise), or both. Default: dropout for the offline default run, none otherwise.",
+            "choices": BASELINES,
+        },
+    )
+    noise: str = field(
+        default="raw",
+        metadata={
+            "help": "Sparseout noise: raw (the paper's) or matched (scaled to dropout's total variance per call).",
+            "choices": NOISE_MODES,
+        },
+    )
+    lq_penalty: float | None = field(
+        default=None,
+        metadata={
+            "help": "Add WEIGHT * mean over sites of mean(|x|^Q) of the activations entering the sites to the loss "
+            "(main run only; with --p 0 the penalty alone)."
+        },
+    )
+    lq_q: float | None = field(default=None, metadata={"help": "Exponent Q of --lq-penalty (default 1)."})
     # training
-    epochs: float | None = None
-    max_steps: int | None = None
-    batch_size: int = 8
-    gradient_accumulation_steps: int = 1
-    learning_rate: float = 5e-4
-    weight_decay: float = 0.0
-    lr_scheduler: str = "linear"
-    warmup_ratio: float = 0.0
-    max_grad_norm: float = 1.0
-    mixed_precision: str = "no"
-    gradient_checkpointing: bool = False
-    seed: int = 42
-    eval_steps: int | None = None
-    save_steps: int | None = None
-    save_minutes: float = 10.0
-    save_total_limit: int | None = 2
-    output_dir: str = "hf-sparseout-run"
-    overwrite_output_dir: bool = False
-    resume_from_checkpoint: str | None = None
-    report_to: list[str] = field(default_factory=lambda: ["none"])
-    push_to_hub: bool = False
-    hub_model_id: str | None = None
+    epochs: float | None = field(
+        default=None,
+        metadata={"help": "Training epochs (ignored with --max-steps). Default: 1, or 6 for the offline default run."},
+    )
+    max_steps: int | None = field(default=None, metadata={"help": "Optimizer steps (0: evaluate only)."})
+    batch_size: int = field(default=8, metadata={"help": "Per-device batch size."})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Batches per optimizer step."})
+    learning_rate: float = field(default=5e-4, metadata={"help": "Peak learning rate (AdamW)."})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay (not on biases and norms)."})
+    lr_scheduler: str = field(default="linear", metadata={"help": "Learning-rate schedule.", "choices": SCHEDULERS})
+    warmup_ratio: float = field(default=0.0, metadata={"help": "Fraction of steps for linear warmup."})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping (0: off)."})
+    mixed_precision: str = field(default="no", metadata={"help": "accelerate mixed precision.", "choices": PRECISIONS})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "Recompute activations in backward."})
+    seed: int = field(default=42, metadata={"help": "Seed for initialisation, data order and masks."})
+    eval_steps: int | None = field(default=None, metadata={"help": "Evaluate every N steps (always at the end)."})
+    save_steps: int | None = field(default=None, metadata={"help": "Checkpoint (accelerate save_state) every N steps."})
+    save_minutes: float = field(
+        default=10.0,
+        metadata={
+            "help": "Also checkpoint when this many minutes have passed since the last one (0: only --save-steps)."
+        },
+    )
+    save_total_limit: int | None = field(default=2, metadata={"help": "Keep only the last N checkpoints."})
+    output_dir: str = field(
+        default="hf-sparseout-run", metadata={"help": "Where the model, metrics.json, report.md and plots go."}
+    )
+    overwrite_output_dir: bool = field(default=False, metadata={"help": "Allow a non-empty output directory."})
+    resume_from_checkpoint: str | None = field(
+        default=None, metadata={"help": "'latest' or a checkpoints/<run>/step-N directory."}
+    )
+    # the command line's default is no --report-to, which args_from_params maps to this ["none"]
+    report_to: list[str] = field(
+        default_factory=lambda: ["none"],
+        metadata={"help": "accelerate trackers: none, tensorboard, wandb, ... (repeatable)."},
+    )
+    push_to_hub: bool = field(
+        default=False, metadata={"help": "Push the final model and its card (main process only)."}
+    )
+    hub_model_id: str | None = field(default=None, metadata={"help": "Repository id for --push-to-hub."})
     # deployable sparsity (magnitude thresholding at the final evaluation)
-    sparsity_curve: bool = False
-    sparsity_targets: list[float] | str | None = None
-    sparsity_sites: list[str] | None = None
+    sparsity_curve: bool = field(
+        default=False,
+        metadata={
+            "help": "At the final evaluation of every run, zero the smallest activations entering each weight "
+            "matrix (magnitude thresholds calibrated on 8 training batches) at each target sparsity and report "
+            "the metric against the sparsity reached; metrics.json gets sparsity_at_1pct / sparsity_at_5pct "
+            "(largest sparsity within +1 % / +5 % perplexity, or 1 / 5 accuracy points, interpolated). "
+            "Costs one calibration pass and one eval pass per target."
+        },
+    )
+    sparsity_targets: list[float] | str | None = field(
+        default=None,
+        metadata={
+            "help": "Target sparsities for --sparsity-curve, comma-separated, in [0, 1). Default: 0,0.1,...,0.7."
+        },
+    )
+    sparsity_sites: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Modules whose input is thresholded (names, dotted suffixes or 're:<regex>'; repeat or "
+            "comma-separate), or 'teal' (adds the attention output projection) or 'sparseout' (the Sparseout "
+            "sites). Default: attention and MLP input projections and the MLP down-projection of the family."
+        },
+    )
 
     def validate(self) -> None:
         """Raise :class:`UsageError` for values no run could use."""
@@ -199,3 +331,11 @@ class FinetuneArgs:
     def to_json(self) -> str:
         """The options as JSON."""
         return json.dumps(self.to_dict(), indent=2)
+
+
+def help_for(name: str) -> str:
+    """The help text of the ``FinetuneArgs`` field ``name`` (its ``metadata["help"]``); ``KeyError`` if none."""
+    for f in fields(FinetuneArgs):
+        if f.name == name:
+            return f.metadata["help"]
+    raise KeyError(f"FinetuneArgs has no field {name!r}")
