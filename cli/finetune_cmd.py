@@ -6,11 +6,12 @@ import dataclasses
 import json
 from collections.abc import Mapping
 from enum import Enum
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 from typer.core import TyperCommand
 
+from hf_sparseout.training.args import BASELINES, NOISE_MODES, PRECISIONS, SCHEDULERS, TASKS, FinetuneArgs, help_for
 from hf_sparseout_cli.errors import CliError, run_job
 from hf_sparseout_cli.options import (
     AttentionMode,
@@ -23,46 +24,45 @@ from hf_sparseout_cli.options import (
     LogLevelOpt,
     OutputFormat,
     POpt,
+    QOpt,
     TargetsOpt,
+    choice_enum,
     insert_patterns,
     split_patterns,
 )
 
-if TYPE_CHECKING:
-    from hf_sparseout.training.args import FinetuneArgs
-
 DATA, MODEL, SPARSE, TRAIN, OUT = "Task and data", "Model", "Sparseout", "Training", "Output"
 CURVE = "Deployable sparsity"
 
+# Every option of the command is a FinetuneArgs field of the same name, with the field's help, default and
+# choices (the vocabularies of hf_sparseout.training.args), except these, which the run does not hold
+# (tests/test_cli_args_drift.py checks both directions, defaults and choices):
+CLI_ONLY = {
+    "no_baseline": "a flag for FinetuneArgs.baseline=False (args_from_params), beside --baseline KIND",
+    "fmt": "how the command prints its summary; not a setting of the run",
+    "log_level": "which log lines the command prints; not a setting of the run",
+}
+# Fields the command does not offer (none: every setting of a run is an option).
+NOT_OPTIONS: dict[str, str] = {}
+# Options whose command-line default is not the field's own, with how args_from_params maps it.
+DEFAULT_MAPPED = {
+    "report_to": "no --report-to (a repeatable option's empty default) becomes the field's ['none']",
+}
+DEFAULTS = FinetuneArgs()
+"""The defaults of a run: the command's defaults are read from here."""
 
-class Task(str, Enum):
-    """What to train."""
-
-    causal_lm = "causal-lm"
-    classification = "classification"
-
-
-class Scheduler(str, Enum):
-    """Learning-rate schedule."""
-
-    linear = "linear"
-    cosine = "cosine"
-    constant = "constant"
+Task = choice_enum("Task", TASKS, "What to train.")
+Scheduler = choice_enum("Scheduler", SCHEDULERS, "Learning-rate schedule.")
+Baseline = choice_enum("Baseline", BASELINES, "Control runs beside the main one (same seed, data order and sites).")
+Noise = choice_enum(
+    "Noise", NOISE_MODES, "Sparseout's noise scale: the paper's, or matched to dropout's total variance."
+)
+Precision = choice_enum("Precision", PRECISIONS, "accelerate's mixed precision.")
 
 
-class Baseline(str, Enum):
-    """Control runs beside the main one (same seed, data order and sites)."""
-
-    dropout = "dropout"
-    none = "none"
-    both = "both"
-
-
-class Noise(str, Enum):
-    """Sparseout's noise scale: the paper's, or matched to dropout's total variance."""
-
-    raw = "raw"
-    matched = "matched"
+def option(name: str, panel: str, *param_decls: str) -> Any:
+    """The ``typer.Option`` of the ``FinetuneArgs`` field ``name``: the field's help, in the help panel ``panel``."""
+    return typer.Option(*param_decls, help=help_for(name), rich_help_panel=panel)
 
 
 def normalise_argv(argv: list[str]) -> list[str]:
@@ -81,22 +81,12 @@ class FinetuneCommand(TyperCommand):
         return super().parse_args(ctx, normalise_argv(list(args)))
 
 
-class Precision(str, Enum):
-    """accelerate's mixed precision."""
-
-    no = "no"
-    fp16 = "fp16"
-    bf16 = "bf16"
-
-
 def args_from_params(params: Mapping[str, Any]) -> FinetuneArgs:
     """``FinetuneArgs`` from the parameters of :func:`finetune` (as it receives them, or as Click parsed them).
 
     Shared with ``hf-sparseout sweep``, which parses its pass-through options with this command's parser.
     Enums become their values, ``--targets``/``--exclude``/``--insert`` are split, ``--report-to`` defaults to none.
     """
-    from hf_sparseout.training.args import FinetuneArgs
-
     values: dict[str, Any] = {}
     for f in dataclasses.fields(FinetuneArgs):
         value = params[f.name]
@@ -117,210 +107,73 @@ def args_from_params(params: Mapping[str, Any]) -> FinetuneArgs:
 
 
 def finetune(
-    task: Annotated[
-        Task | None,
-        typer.Option(help="Inferred when obvious (a label column means classification).", rich_help_panel=DATA),
-    ] = None,
-    dataset: Annotated[
-        str | None,
-        typer.Option(
-            help="Hub dataset name, or a local file/directory (.txt .csv .tsv .json .jsonl .parquet). "
-            "Default: a built-in offline corpus.",
-            rich_help_panel=DATA,
-        ),
-    ] = None,
-    dataset_config: Annotated[
-        str | None, typer.Option(help="Hub dataset configuration name.", rich_help_panel=DATA)
-    ] = None,
-    train_split: Annotated[str, typer.Option(help="Training split.", rich_help_panel=DATA)] = "train",
-    eval_split: Annotated[
-        str | None,
-        typer.Option(
-            help="Eval split (default: validation/valid/dev/test, else carved from train).", rich_help_panel=DATA
-        ),
-    ] = None,
+    task: Annotated[Task | None, option("task", DATA)] = DEFAULTS.task,
+    dataset: Annotated[str | None, option("dataset", DATA)] = DEFAULTS.dataset,
+    dataset_config: Annotated[str | None, option("dataset_config", DATA)] = DEFAULTS.dataset_config,
+    train_split: Annotated[str, option("train_split", DATA)] = DEFAULTS.train_split,
+    eval_split: Annotated[str | None, option("eval_split", DATA)] = DEFAULTS.eval_split,
     validation_split_percentage: Annotated[
-        float,
-        typer.Option(help="Percent of train carved as eval when the data has no eval split.", rich_help_panel=DATA),
-    ] = 10.0,
-    text_column: Annotated[
-        str | None, typer.Option(help="Text column (auto: text, sentence, ...).", rich_help_panel=DATA)
-    ] = None,
-    text_pair_column: Annotated[
-        str | None, typer.Option(help="Second text column for pair classification.", rich_help_panel=DATA)
-    ] = None,
-    label_column: Annotated[
-        str | None, typer.Option(help="Label column (auto: label, labels, ...).", rich_help_panel=DATA)
-    ] = None,
-    max_train_samples: Annotated[
-        int | None, typer.Option(help="Cap on training examples (blocks for causal LM).", rich_help_panel=DATA)
-    ] = None,
-    max_eval_samples: Annotated[
-        int | None, typer.Option(help="Cap on eval examples (blocks for causal LM).", rich_help_panel=DATA)
-    ] = None,
-    block_size: Annotated[int, typer.Option(help="Causal LM: tokens per training block.", rich_help_panel=DATA)] = 128,
-    max_length: Annotated[
-        int, typer.Option(help="Classification: truncate inputs to this many tokens.", rich_help_panel=DATA)
-    ] = 128,
-    model: Annotated[
-        str | None, typer.Option(help="Hub id or local directory to fine-tune.", rich_help_panel=MODEL)
-    ] = None,
-    from_config: Annotated[
-        str | None,
-        typer.Option(
-            help="Train from scratch: a preset (gpt2-tiny, gpt2-mini, gpt2-small, llama-tiny, bert-tiny) "
-            "or a config.json.",
-            rich_help_panel=MODEL,
-        ),
-    ] = None,
-    tokenizer: Annotated[
-        str | None,
-        typer.Option(
-            help="Tokenizer (default: the model's; with --from-config, a BPE trained on the data).",
-            rich_help_panel=MODEL,
-        ),
-    ] = None,
-    p: POpt = None,
-    q: Annotated[
-        float,
-        typer.Option("--q", help="Sparseout exponent: q<2 sparser, q=2 dropout, q>2 denser.", rich_help_panel=SPARSE),
-    ] = 1.5,
-    targets: TargetsOpt = None,
-    exclude: ExcludeOpt = None,
-    attention: AttentionOpt = AttentionMode.sparseout,
-    insert: InsertOpt = None,
-    gradient: GradientOpt = GradientMode.reference,
-    baseline: Annotated[
-        Baseline | None,
-        typer.Option(
-            "--baseline",
-            help="Control runs (same seed, data order and sites): dropout (q=2 at the same p; a bare --baseline), "
-            "none (p=0: no noise), or both. Default: dropout for the offline default run, none otherwise.",
-            rich_help_panel=SPARSE,
-        ),
-    ] = None,
+        float, option("validation_split_percentage", DATA)
+    ] = DEFAULTS.validation_split_percentage,
+    text_column: Annotated[str | None, option("text_column", DATA)] = DEFAULTS.text_column,
+    text_pair_column: Annotated[str | None, option("text_pair_column", DATA)] = DEFAULTS.text_pair_column,
+    label_column: Annotated[str | None, option("label_column", DATA)] = DEFAULTS.label_column,
+    max_train_samples: Annotated[int | None, option("max_train_samples", DATA)] = DEFAULTS.max_train_samples,
+    max_eval_samples: Annotated[int | None, option("max_eval_samples", DATA)] = DEFAULTS.max_eval_samples,
+    block_size: Annotated[int, option("block_size", DATA)] = DEFAULTS.block_size,
+    max_length: Annotated[int, option("max_length", DATA)] = DEFAULTS.max_length,
+    model: Annotated[str | None, option("model", MODEL)] = DEFAULTS.model,
+    from_config: Annotated[str | None, option("from_config", MODEL)] = DEFAULTS.from_config,
+    tokenizer: Annotated[str | None, option("tokenizer", MODEL)] = DEFAULTS.tokenizer,
+    # the Sparseout options shared with inspect (options.py; help from the same FinetuneArgs fields)
+    p: POpt = DEFAULTS.p,
+    q: QOpt = DEFAULTS.q,
+    targets: TargetsOpt = DEFAULTS.targets,
+    exclude: ExcludeOpt = DEFAULTS.exclude,
+    attention: AttentionOpt = AttentionMode(DEFAULTS.attention),
+    insert: InsertOpt = DEFAULTS.insert,
+    gradient: GradientOpt = GradientMode(DEFAULTS.gradient),
+    baseline: Annotated[Baseline | None, option("baseline", SPARSE, "--baseline")] = DEFAULTS.baseline,
     no_baseline: Annotated[
         bool,
         typer.Option("--no-baseline", help="No control run (also for the offline default).", rich_help_panel=SPARSE),
     ] = False,
-    noise: Annotated[
-        Noise,
-        typer.Option(
-            help="Sparseout noise: raw (the paper's) or matched (scaled to dropout's total variance per call).",
-            rich_help_panel=SPARSE,
-        ),
-    ] = Noise.raw,
-    lq_penalty: Annotated[
-        float | None,
-        typer.Option(
-            help="Add WEIGHT * mean over sites of mean(|x|^Q) of the activations entering the sites to the loss "
-            "(main run only; with --p 0 the penalty alone).",
-            rich_help_panel=SPARSE,
-        ),
-    ] = None,
-    lq_q: Annotated[
-        float | None, typer.Option(help="Exponent Q of --lq-penalty (default 1).", rich_help_panel=SPARSE)
-    ] = None,
-    epochs: Annotated[
-        float | None,
-        typer.Option(
-            help="Training epochs (ignored with --max-steps). Default: 1, or 6 for the offline default run.",
-            rich_help_panel=TRAIN,
-        ),
-    ] = None,
-    max_steps: Annotated[
-        int | None, typer.Option(help="Optimizer steps (0: evaluate only).", rich_help_panel=TRAIN)
-    ] = None,
-    batch_size: Annotated[int, typer.Option(help="Per-device batch size.", rich_help_panel=TRAIN)] = 8,
+    noise: Annotated[Noise, option("noise", SPARSE)] = Noise(DEFAULTS.noise),
+    lq_penalty: Annotated[float | None, option("lq_penalty", SPARSE)] = DEFAULTS.lq_penalty,
+    lq_q: Annotated[float | None, option("lq_q", SPARSE)] = DEFAULTS.lq_q,
+    epochs: Annotated[float | None, option("epochs", TRAIN)] = DEFAULTS.epochs,
+    max_steps: Annotated[int | None, option("max_steps", TRAIN)] = DEFAULTS.max_steps,
+    batch_size: Annotated[int, option("batch_size", TRAIN)] = DEFAULTS.batch_size,
     gradient_accumulation_steps: Annotated[
-        int, typer.Option(help="Batches per optimizer step.", rich_help_panel=TRAIN)
-    ] = 1,
-    learning_rate: Annotated[float, typer.Option(help="Peak learning rate (AdamW).", rich_help_panel=TRAIN)] = 5e-4,
-    weight_decay: Annotated[
-        float, typer.Option(help="AdamW weight decay (not on biases and norms).", rich_help_panel=TRAIN)
-    ] = 0.0,
-    lr_scheduler: Annotated[
-        Scheduler, typer.Option(help="Learning-rate schedule.", rich_help_panel=TRAIN)
-    ] = Scheduler.linear,
-    warmup_ratio: Annotated[
-        float, typer.Option(help="Fraction of steps for linear warmup.", rich_help_panel=TRAIN)
-    ] = 0.0,
-    max_grad_norm: Annotated[float, typer.Option(help="Gradient clipping (0: off).", rich_help_panel=TRAIN)] = 1.0,
-    mixed_precision: Annotated[
-        Precision, typer.Option(help="accelerate mixed precision.", rich_help_panel=TRAIN)
-    ] = Precision.no,
+        int, option("gradient_accumulation_steps", TRAIN)
+    ] = DEFAULTS.gradient_accumulation_steps,
+    learning_rate: Annotated[float, option("learning_rate", TRAIN)] = DEFAULTS.learning_rate,
+    weight_decay: Annotated[float, option("weight_decay", TRAIN)] = DEFAULTS.weight_decay,
+    lr_scheduler: Annotated[Scheduler, option("lr_scheduler", TRAIN)] = Scheduler(DEFAULTS.lr_scheduler),
+    warmup_ratio: Annotated[float, option("warmup_ratio", TRAIN)] = DEFAULTS.warmup_ratio,
+    max_grad_norm: Annotated[float, option("max_grad_norm", TRAIN)] = DEFAULTS.max_grad_norm,
+    mixed_precision: Annotated[Precision, option("mixed_precision", TRAIN)] = Precision(DEFAULTS.mixed_precision),
     gradient_checkpointing: Annotated[
-        bool, typer.Option("--gradient-checkpointing", help="Recompute activations in backward.", rich_help_panel=TRAIN)
-    ] = False,
-    seed: Annotated[
-        int, typer.Option(help="Seed for initialisation, data order and masks.", rich_help_panel=TRAIN)
-    ] = 42,
-    eval_steps: Annotated[
-        int | None, typer.Option(help="Evaluate every N steps (always at the end).", rich_help_panel=TRAIN)
-    ] = None,
-    save_steps: Annotated[
-        int | None, typer.Option(help="Checkpoint (accelerate save_state) every N steps.", rich_help_panel=TRAIN)
-    ] = None,
-    save_minutes: Annotated[
-        float,
-        typer.Option(
-            help="Also checkpoint when this many minutes have passed since the last one (0: only --save-steps).",
-            rich_help_panel=TRAIN,
-        ),
-    ] = 10.0,
-    save_total_limit: Annotated[
-        int | None, typer.Option(help="Keep only the last N checkpoints.", rich_help_panel=TRAIN)
-    ] = 2,
+        bool, option("gradient_checkpointing", TRAIN, "--gradient-checkpointing")
+    ] = DEFAULTS.gradient_checkpointing,
+    seed: Annotated[int, option("seed", TRAIN)] = DEFAULTS.seed,
+    eval_steps: Annotated[int | None, option("eval_steps", TRAIN)] = DEFAULTS.eval_steps,
+    save_steps: Annotated[int | None, option("save_steps", TRAIN)] = DEFAULTS.save_steps,
+    save_minutes: Annotated[float, option("save_minutes", TRAIN)] = DEFAULTS.save_minutes,
+    save_total_limit: Annotated[int | None, option("save_total_limit", TRAIN)] = DEFAULTS.save_total_limit,
     resume_from_checkpoint: Annotated[
-        str | None, typer.Option(help="'latest' or a checkpoints/<run>/step-N directory.", rich_help_panel=TRAIN)
-    ] = None,
-    report_to: Annotated[
-        list[str] | None,
-        typer.Option(help="accelerate trackers: none, tensorboard, wandb, ... (repeatable).", rich_help_panel=OUT),
-    ] = None,
-    output_dir: Annotated[
-        str, typer.Option(help="Where the model, metrics.json, report.md and plots go.", rich_help_panel=OUT)
-    ] = "hf-sparseout-run",
+        str | None, option("resume_from_checkpoint", TRAIN)
+    ] = DEFAULTS.resume_from_checkpoint,
+    report_to: Annotated[list[str] | None, option("report_to", OUT)] = None,  # -> ["none"]: DEFAULT_MAPPED
+    output_dir: Annotated[str, option("output_dir", OUT)] = DEFAULTS.output_dir,
     overwrite_output_dir: Annotated[
-        bool, typer.Option("--overwrite-output-dir", help="Allow a non-empty output directory.", rich_help_panel=OUT)
-    ] = False,
-    push_to_hub: Annotated[
-        bool,
-        typer.Option(
-            "--push-to-hub", help="Push the final model and its card (main process only).", rich_help_panel=OUT
-        ),
-    ] = False,
-    hub_model_id: Annotated[
-        str | None, typer.Option(help="Repository id for --push-to-hub.", rich_help_panel=OUT)
-    ] = None,
-    sparsity_curve: Annotated[
-        bool,
-        typer.Option(
-            "--sparsity-curve",
-            help="At the final evaluation of every run, zero the smallest activations entering each weight "
-            "matrix (magnitude thresholds calibrated on 8 training batches) at each target sparsity and report "
-            "the metric against the sparsity reached; metrics.json gets sparsity_at_1pct / sparsity_at_5pct "
-            "(largest sparsity within +1 % / +5 % perplexity, or 1 / 5 accuracy points, interpolated). "
-            "Costs one calibration pass and one eval pass per target.",
-            rich_help_panel=CURVE,
-        ),
-    ] = False,
-    sparsity_targets: Annotated[
-        str | None,
-        typer.Option(
-            help="Target sparsities for --sparsity-curve, comma-separated, in [0, 1). Default: 0,0.1,...,0.7.",
-            rich_help_panel=CURVE,
-        ),
-    ] = None,
-    sparsity_sites: Annotated[
-        list[str] | None,
-        typer.Option(
-            help="Modules whose input is thresholded (names, dotted suffixes or 're:<regex>'; repeat or "
-            "comma-separate), or 'teal' (adds the attention output projection) or 'sparseout' (the Sparseout "
-            "sites). Default: attention and MLP input projections and the MLP down-projection of the family.",
-            rich_help_panel=CURVE,
-        ),
-    ] = None,
+        bool, option("overwrite_output_dir", OUT, "--overwrite-output-dir")
+    ] = DEFAULTS.overwrite_output_dir,
+    push_to_hub: Annotated[bool, option("push_to_hub", OUT, "--push-to-hub")] = DEFAULTS.push_to_hub,
+    hub_model_id: Annotated[str | None, option("hub_model_id", OUT)] = DEFAULTS.hub_model_id,
+    sparsity_curve: Annotated[bool, option("sparsity_curve", CURVE, "--sparsity-curve")] = DEFAULTS.sparsity_curve,
+    sparsity_targets: Annotated[str | None, option("sparsity_targets", CURVE)] = DEFAULTS.sparsity_targets,
+    sparsity_sites: Annotated[list[str] | None, option("sparsity_sites", CURVE)] = DEFAULTS.sparsity_sites,
     fmt: Annotated[
         OutputFormat,
         typer.Option(

@@ -1,40 +1,48 @@
-"""Option types shared by every command (``Annotated`` aliases, as the `hf` CLI does)."""
+"""Option types shared by every command (``Annotated`` aliases, as the `hf` CLI does).
+
+The Sparseout options shared by ``finetune`` and ``inspect`` take their help text from the
+``FinetuneArgs`` field of the same name (``help_for``), and every choice of a library option is an
+Enum built from the library's vocabulary (``choice_enum``), so neither is written twice.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from enum import Enum
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
+from hf_sparseout.training.args import ATTENTION_MODES, GRADIENT_MODES, help_for
+
+
+def choice_enum(name: str, values: Iterable[str], doc: str) -> Any:
+    """A ``str`` Enum named ``name`` whose values are ``values`` (member names: ``-`` replaced by ``_``).
+
+    Typer offers an Enum's values as the option's choices; building the Enum from the library's tuple
+    keeps one vocabulary. Typed ``Any``: a type checker cannot see the members of an Enum built at run time.
+    """
+    enum = Enum(name, [(value.replace("-", "_"), value) for value in values], type=str, module=__name__)
+    enum.__doc__ = doc
+    return enum
+
 
 class OutputFormat(str, Enum):
-    """How a command prints its result."""
+    """How a command prints its result: the one ``--format`` vocabulary of every command."""
 
     text = "text"
     json = "json"
 
 
-class ReportFormat(str, Enum):
-    """How ``inspect`` prints its report: the shared text|json, plus ``table``, its old spelling of text."""
-
-    text = "text"
-    json = "json"
-    table = "table"  # deprecated alias of text (inspect's vocabulary before 0.2)
-
-
-class AttentionMode(str, Enum):
-    """What happens to attention-probability dropout."""
-
-    sparseout = "sparseout"
-    keep = "keep"
-
-
-class GradientMode(str, Enum):
-    """Sparseout's backward rule."""
-
-    reference = "reference"
-    exact = "exact"
+# inspect's --format: the shared text|json, plus ``table``, its old spelling of text (deprecated alias, before 0.2).
+DEPRECATED_FORMATS = ("table",)
+ReportFormat = choice_enum(
+    "ReportFormat",
+    [*(f.value for f in OutputFormat), *DEPRECATED_FORMATS],
+    "How ``inspect`` prints its report: the shared text|json, plus ``table``, its old spelling of text.",
+)
+AttentionMode = choice_enum("AttentionMode", ATTENTION_MODES, "What happens to attention-probability dropout.")
+GradientMode = choice_enum("GradientMode", GRADIENT_MODES, "Sparseout's backward rule.")
 
 
 class LogLevel(str, Enum):
@@ -60,55 +68,15 @@ LogLevelOpt = Annotated[
         rich_help_panel="Output",
     ),
 ]
-POpt = Annotated[
-    float | None,
-    typer.Option(
-        "--p",
-        help="Drop probability for every patched site (default: keep each site's own p).",
-        rich_help_panel=SPARSEOUT,
-    ),
-]
-QOpt = Annotated[
-    float,
-    typer.Option("--q", help="Sparseout exponent: q<2 sparser, q=2 dropout, q>2 denser.", rich_help_panel=SPARSEOUT),
-]
-TargetsOpt = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--targets",
-        help="Sites to patch: names or dotted suffixes (repeat or comma-separate), or one 're:<regex>'. Default: all.",
-        rich_help_panel=SPARSEOUT,
-    ),
-]
-ExcludeOpt = Annotated[
-    list[str] | None,
-    typer.Option("--exclude", help="Sites to leave alone (same syntax as --targets).", rich_help_panel=SPARSEOUT),
-]
+POpt = Annotated[float | None, typer.Option("--p", help=help_for("p"), rich_help_panel=SPARSEOUT)]
+QOpt = Annotated[float, typer.Option("--q", help=help_for("q"), rich_help_panel=SPARSEOUT)]
+TargetsOpt = Annotated[list[str] | None, typer.Option("--targets", help=help_for("targets"), rich_help_panel=SPARSEOUT)]
+ExcludeOpt = Annotated[list[str] | None, typer.Option("--exclude", help=help_for("exclude"), rich_help_panel=SPARSEOUT)]
 AttentionOpt = Annotated[
-    AttentionMode,
-    typer.Option(
-        "--attention",
-        help="Attention-probability dropout: make it Sparseout, or keep it plain.",
-        rich_help_panel=SPARSEOUT,
-    ),
+    AttentionMode, typer.Option("--attention", help=help_for("attention"), rich_help_panel=SPARSEOUT)
 ]
-InsertOpt = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--insert",
-        help="Module names/suffixes whose outputs get a new Sparseout site (e.g. mlp.act_fn), or 'mlp': the "
-        "MLP hidden units of any supported family; needs --p (0 for measured identity sites).",
-        rich_help_panel=SPARSEOUT,
-    ),
-]
-GradientOpt = Annotated[
-    GradientMode,
-    typer.Option(
-        "--gradient",
-        help="Backward rule: the authors' (reference) or the true derivative (exact).",
-        rich_help_panel=SPARSEOUT,
-    ),
-]
+InsertOpt = Annotated[list[str] | None, typer.Option("--insert", help=help_for("insert"), rich_help_panel=SPARSEOUT)]
+GradientOpt = Annotated[GradientMode, typer.Option("--gradient", help=help_for("gradient"), rich_help_panel=SPARSEOUT)]
 
 
 def insert_patterns(values: list[str] | None) -> list[str] | str | None:
