@@ -21,7 +21,8 @@ def test_p0_control_is_the_same_run_and_every_diagnostic_is_recorded(tmp_path):
     data = write_text_corpus(tmp_path / "txt")
     out = tmp_path / "out"
     steps = ["--max-steps", "6", "--eval-steps", "3"]
-    summary = _run(out, "--dataset", str(data), *FAST, *steps, "--p", "0", "--q", "1.0", "--baseline", "none")
+    sites = ["--attention", "sparseout"]  # attention-probability sites too: they must be labelled not measured
+    summary = _run(out, "--dataset", str(data), *FAST, *steps, *sites, "--p", "0", "--q", "1.0", "--baseline", "none")
     metrics = json.loads((out / "metrics.json").read_text())
     runs = metrics["runs"]
     assert list(runs) == ["sparseout", "p0"]
@@ -123,5 +124,7 @@ def test_noise_reaches_the_patch_config():
     from hf_sparseout.training.loop import sparseout_config
 
     assert sparseout_config(FinetuneArgs(noise="matched", p=0.1), 1.5).noise == "matched"
-    assert sparseout_config(FinetuneArgs(p=0.1), 1.5, p=0.0).noise == "raw"
+    assert sparseout_config(FinetuneArgs(p=0.1), 1.5).noise == "raw"  # the paper's noise stays the default
+    assert sparseout_config(FinetuneArgs(p=0.1), 1.5).attention == "keep"
+    assert sparseout_config(FinetuneArgs(p=0.1, attention="sparseout"), 1.5).attention == "sparseout"
     assert sparseout_config(FinetuneArgs(p=0.1), 1.5, p=0.0).p == 0.0

@@ -61,7 +61,8 @@ def test_default_classification_run_uses_minilm(tmp_path, monkeypatch):
     )
     assert result.exit_code == 0, result.output[-2000:]
     (row,) = json_tail(result.output)["summary"]
-    assert row["sites"] == 20 and 0.0 <= row["accuracy"] <= 1.0  # all-MiniLM-L6-v2 has 20 dropout sites
+    # all-MiniLM-L6-v2 has 20 dropout sites; by default the 6 attention-probability ones stay plain dropout
+    assert row["sites"] == 14 and row["measured"] == 14 and 0.0 <= row["accuracy"] <= 1.0
     config = json.loads((out / "config.json").read_text())
     assert config["model_type"] == "bert" and set(config["id2label"].values()) == {
         "text",

@@ -129,3 +129,16 @@ def _q1_grad_norms() -> list[float]:
         json.loads((V2 / arm / "p0.1/q1/seed0/metrics.json").read_text())["summary"][0]["grad_norm_median"]
         for arm in ("attention", "raw")
     ]
+
+
+def test_v2_minilm_defaults_table_shows_the_kept_sweeps():
+    """The attention/noise table behind finetune's defaults: each row is a kept sweep's summary."""
+    text = (DOCS / "RESULTS.md").read_text()
+    for mode in ("keep", "sparseout"):
+        data = json.loads((V2 / f"minilm_{mode}" / "sweep.json").read_text())
+        assert data["options"]["attention"] == mode and data["grid"]["noise"] == ["raw", "matched"]
+        for row in data["summary"]:
+            assert row["n"] == 3
+            acc = f"{row['accuracy_mean']:.3f} ± {row['accuracy_std']:.3f}"
+            grad = f"{row['grad_norm_median_mean']:.2f} ± {row['grad_norm_median_std']:.2f}"
+            assert f"| {mode} | {row['noise']} | {acc} | {grad} |" in text, (mode, row["noise"])

@@ -103,9 +103,10 @@ class FinetuneArgs:
         default=None, metadata={"help": "Sites to leave alone (same syntax as --targets)."}
     )
     attention: str = field(
-        default="sparseout",
+        default="keep",
         metadata={
-            "help": "Attention-probability dropout: make it Sparseout, or keep it plain.",
+            "help": "Attention-probability dropout: keep it plain, or make it Sparseout (no eval pass measures "
+            "these sites, and at q<2 a dropped probability turns negative; docs/RESULTS.md).",
             "choices": ATTENTION_MODES,
         },
     )
