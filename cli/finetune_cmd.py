@@ -184,7 +184,7 @@ def finetune(
 ) -> None:
     """Fine-tune a model with Sparseout and report perplexity (or accuracy) alongside activation sparsity.
 
-    With no --model and no --dataset it runs offline (3m23s measured on 2 idle CPU
+    With no --model and no --dataset it runs offline (2m47s measured on 2 CPU
     cores; longer on a busy machine): a small GPT-2 built from a preset, a tokenizer trained on
     a corpus of Python's own help pages, Sparseout and a dropout baseline at the same sites
     (--baseline is on by default there), and a table of perplexity and sparsity for both.

@@ -14,7 +14,7 @@ from hf_sparseout.training.args import FinetuneArgs
 def test_defaults_resolve_to_the_demonstration_run():
     args = FinetuneArgs()
     args.resolve_defaults()
-    assert args.offline_default and args.baseline is True and args.epochs == 6.0
+    assert args.offline_default and args.baseline is True and args.epochs == 5.0
     own = FinetuneArgs(dataset="data.txt")
     own.resolve_defaults()
     assert own.baseline is False and own.epochs == 1.0

@@ -150,7 +150,7 @@ class FinetuneArgs:
     # training
     epochs: float | None = field(
         default=None,
-        metadata={"help": "Training epochs (ignored with --max-steps). Default: 1, or 6 for the offline default run."},
+        metadata={"help": "Training epochs (ignored with --max-steps). Default: 1, or 5 for the offline default run."},
     )
     max_steps: int | None = field(default=None, metadata={"help": "Optimizer steps (0: evaluate only)."})
     batch_size: int = field(default=8, metadata={"help": "Per-device batch size."})
@@ -314,15 +314,15 @@ class FinetuneArgs:
         """Defaults that depend on other options (documented in ``finetune --help``).
 
         The offline default trains long enough to show a difference, with the dropout baseline and
-        4 evaluations: 6 epochs of the built-in LM corpus (3m23s for both runs on 2 idle CPU cores, 2026-11-30),
-        or 3 epochs of the built-in classification set (2m20s with MiniLM).
+        4 evaluations: 5 epochs of the built-in LM corpus (2m47s for both runs on 2 CPU cores, 2026-11-30),
+        or 3 epochs of the built-in classification set (2m20s with MiniLM on 2 idle cores, before --attention keep).
         """
         if self.baseline is None:
             self.baseline = self.offline_default
         if self.lq_penalty is not None and self.lq_q is None:
             self.lq_q = 1.0
         if self.epochs is None:
-            demo = 3.0 if self.task == "classification" else 6.0
+            demo = 3.0 if self.task == "classification" else 5.0
             self.epochs = demo if self.offline_default and self.max_steps is None else 1.0
 
     def to_dict(self) -> dict[str, Any]:
