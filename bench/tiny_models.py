@@ -44,7 +44,9 @@ _SIZES = {
     **dict.fromkeys(("rotary_dim",), 8),
     **dict.fromkeys(("qk_rope_head_dim", "qk_nope_head_dim", "kv_lora_rank", "q_lora_rank"), 16),
     **dict.fromkeys(("v_head_dim",), 16),
-    **dict.fromkeys(("n_group", "topk_group", "n_groups", "mamba_n_groups", "mamba_ngroups"), 1),  # groups of experts/SSM heads
+    **dict.fromkeys(
+        ("n_group", "topk_group", "n_groups", "mamba_n_groups", "mamba_ngroups"), 1
+    ),  # groups of experts/SSM heads
     **dict.fromkeys(("moe_k",), 2),
     **dict.fromkeys(("mamba_n_heads", "n_mamba_heads"), 2),
     **dict.fromkeys(("num_kv_shared_layers",), 0),  # Gemma 3n/4: the last layers reuse KV; none of 2 can
@@ -83,10 +85,14 @@ _OVERRIDES: dict[str, dict[str, Any]] = {
     "esm": {"pad_token_id": 1},  # None by default: the position ids are computed from it
     "lfm2_moe": {"layer_types": ["conv", "full_attention"]},  # None by default, indexed per layer
     "cohere_compass_text": {
-        "rope_parameters": {t: {"rope_type": "default", "rope_theta": 10000.0} for t in ("full_attention", "sliding_attention")}
+        "rope_parameters": {
+            t: {"rope_type": "default", "rope_theta": 10000.0} for t in ("full_attention", "sliding_attention")
+        }
     },  # per-layer-type RoPE parameters read by the rotary embedding, empty by default
     "esmc": {"num_key_value_heads": 2},  # no grouped-query attention
-    "granitemoehybrid": {"layer_types": ["mamba", "attention"]},  # all Mamba by default: the cache needs one attention layer
+    "granitemoehybrid": {
+        "layer_types": ["mamba", "attention"]
+    },  # all Mamba by default: the cache needs one attention layer
     # interleaved RoPE on head_dim * partial_rotary_factor (0.25) channels: must be qk_rope_head_dim (16)
     "dots3_note_text": {"head_dim": 64},
     "dots3_note": {"text_config.head_dim": 64},
@@ -99,7 +105,7 @@ _OVERRIDES: dict[str, dict[str, Any]] = {
     # "does not support attention_dropout > 0"; "requires num_key_value_heads to be even"
     "diffllama": {"attention_dropout": 0.0, "num_key_value_heads": 2},
 }
-"""Per-type settings the generic shrinking cannot infer (each with its reason); ``a.b`` sets ``b`` on sub-config ``a``."""
+"""Per-type settings the generic shrinking cannot infer, each with its reason (``a.b``: ``b`` of sub-config ``a``)."""
 
 
 def text_model_types() -> list[str]:
@@ -166,7 +172,9 @@ def _shrink(config: PretrainedConfig, changes: dict[int, dict[str, Any]]) -> Non
         put("num_key_value_heads", attrs["num_attention_heads"])
 
 
-def _rebuilt(config: PretrainedConfig, default: PretrainedConfig, changes: dict[int, dict[str, Any]]) -> PretrainedConfig:
+def _rebuilt(
+    config: PretrainedConfig, default: PretrainedConfig, changes: dict[int, dict[str, Any]]
+) -> PretrainedConfig:
     """``config``'s class built from its changed fields only, so ``__post_init__`` derives the other sizes again.
 
     Zamba's attention and Mamba head sizes, Gemma's layer types, T5Gemma's sub-configs are derived

@@ -14,7 +14,8 @@ instead :class:`PrivateRandomMode`, a thread-local ``TorchFunctionMode``:
   seeded with a constant, so the pass is also the same on every call.
 
 Draws outside torch (Python's ``random``, NumPy) cannot be intercepted this way; transformers uses
-them only for LayerDrop in a few models, which the probe disables (see ``probe.stochastic_skips``).
+them only for LayerDrop in a few models and SpecAugment in the speech models, which the probe
+disables (see ``probe.stochastic_skips``).
 """
 
 from __future__ import annotations
