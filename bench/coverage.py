@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import time
 import traceback
 import warnings
@@ -197,8 +198,10 @@ def markdown(
     partial: str = "",
     towers: list[dict[str, Any]] | None = None,
     load: str = "",
+    rerun: list[str] | None = None,
 ) -> str:
-    """docs/COVERAGE.md (``partial``: a note that the run is not finished; ``load``: the machine's load)."""
+    """docs/COVERAGE.md (``partial``: a note that the run is not finished; ``load``: the machine's load;
+    ``rerun``: types and towers whose rows were replaced afterwards with ``--update``)."""
     lines = [
         "# Patcher coverage",
         "",
@@ -212,6 +215,14 @@ def markdown(
         "`hf_sparseout.patch(model, SparseoutConfig(q=1.5))`. `pass` means nothing left, the report agrees "
         "with the counts, and `inspect` changed neither the weights and buffers nor the RNG state (torch's "
         "and NumPy's).",
+        *(
+            [
+                "",
+                f"Rows re-run after the full run with `--update` (their builder changed): {', '.join(rerun)}.",
+            ]
+            if rerun
+            else []
+        ),
         "",
         *([f"**Partial run**: {partial}", ""] if partial else []),
     ]
@@ -240,6 +251,30 @@ def markdown(
     return "\n".join(lines) + "\n"
 
 
+def _update(rows: list[dict[str, Any]], towers: list[dict[str, Any]]) -> tuple[list, list]:
+    """Replace the rows of these types and towers in the last full run's results; rewrite both files."""
+    old = json.loads(RESULTS.read_text())
+    seconds, load = old.get("seconds"), old.get("load")
+    if seconds is None:  # a results file written before these fields: the header of the report has them
+        found = re.search(r"\((\d+) s wall time on 2 CPU cores shared with other jobs([^)]*)\)", DOC.read_text())
+        seconds, load = (int(found.group(1)), found.group(2)) if found else (0, "")
+
+    def merged(before: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        names = {r["type"] for r in new}
+        out = [r for r in before if r["type"] not in names] + new
+        order = {name: i for i, name in enumerate(dict.fromkeys(r["type"] for r in before))}
+        return sorted(out, key=lambda r: (order.get(r["type"], len(order)), r["type"], r["impl"] != "eager"))
+
+    rows, towers = merged(old["rows"], rows), merged(old.get("towers", []), towers)
+    rerun = sorted(set(old.get("rerun", [])) | {r["type"] for r in [*rows, *towers] if r.get("rerun")})
+    DOC.write_text(markdown(rows, seconds, "", towers, load, rerun))
+    meta = {"seconds": seconds, "load": load, "rerun": rerun}
+    RESULTS.write_text(
+        json.dumps({"transformers": transformers.__version__, **meta, "rows": rows, "towers": towers}, indent=1)
+    )
+    return rows, towers
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--types", help="comma-separated model types (default: every text model type)")
@@ -247,6 +282,11 @@ def main(argv: list[str] | None = None) -> None:
         "--towers", help=f"comma-separated towers, or 'all' ({', '.join(TOWERS)}; default: all, none with --types)"
     )
     parser.add_argument("--write", action="store_true", help="write docs/COVERAGE.md even for --types/--towers")
+    parser.add_argument(
+        "--update",
+        action="store_true",
+        help="re-run --types/--towers and replace their rows in the last full run's results and docs/COVERAGE.md",
+    )
     args = parser.parse_args(argv)
     types = args.types.split(",") if args.types else ([] if args.towers else text_model_types())
     unknown = [t for t in types if t not in text_model_types()]
@@ -267,10 +307,12 @@ def main(argv: list[str] | None = None) -> None:
     tower_rows: list[dict[str, Any]] = []
 
     def save(rows: list[dict[str, Any]], partial: str = "") -> None:
+        seconds = time.perf_counter() - start
         load = f"; load average {load_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end"
-        DOC.write_text(markdown(rows, time.perf_counter() - start, partial, tower_rows, load))
+        DOC.write_text(markdown(rows, seconds, partial, tower_rows, load))
+        meta = {"seconds": round(seconds), "load": load}
         RESULTS.write_text(
-            json.dumps({"transformers": transformers.__version__, "rows": rows, "towers": tower_rows}, indent=1)
+            json.dumps({"transformers": transformers.__version__, **meta, "rows": rows, "towers": tower_rows}, indent=1)
         )
 
     def progress(rows: list[dict[str, Any]]) -> None:
@@ -279,6 +321,11 @@ def main(argv: list[str] | None = None) -> None:
 
     tower_rows += run_towers(towers, (lambda _: progress([])) if write else None)
     rows = run(types, progress if write else None)
+    for row in [*rows, *tower_rows]:
+        row["rerun"] = bool(args.update)
+    if args.update:
+        rows, tower_rows = _update(rows, tower_rows)
+        print(f"updated {DOC.relative_to(ROOT)} and {RESULTS.relative_to(ROOT)}")
     print(summary_line(rows))
     if tower_rows:
         print(f"towers: {sum(r['verdict'] == 'pass' for r in tower_rows)} of {len(tower_rows)} checks pass")

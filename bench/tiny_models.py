@@ -90,9 +90,11 @@ _OVERRIDES: dict[str, dict[str, Any]] = {
         }
     },  # per-layer-type RoPE parameters read by the rotary embedding, empty by default
     "esmc": {"num_key_value_heads": 2},  # no grouped-query attention
-    "granitemoehybrid": {
-        "layer_types": ["mamba", "attention"]
-    },  # all Mamba by default: the cache needs one attention layer
+    # no attention among the first layers by default: the cache needs one (GraniteMoeHybrid), or the attention
+    # dropout never runs (Bamba, Jamba)
+    "granitemoehybrid": {"layer_types": ["mamba", "attention"]},
+    "bamba": {"attn_layer_indices": [1]},
+    "jamba": {"attn_layer_period": 2, "attn_layer_offset": 1},  # attention every 8th layer from the 5th
     # interleaved RoPE on head_dim * partial_rotary_factor (0.25) channels: must be qk_rope_head_dim (16)
     "dots3_note_text": {"head_dim": 64},
     "dots3_note": {"text_config.head_dim": 64},
