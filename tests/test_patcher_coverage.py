@@ -68,7 +68,19 @@ RANDOM_ROUTING = {"switch_transformers"}
 SDPA_SAMPLE = {"fuyu", "blt", "m2m_100", "seamless_m4t_v2", "gpt2", "bert", "bart", "llama"}
 """SDPA for a subset, to keep the test near a minute on 2 cores (bench.coverage runs SDPA for every type)."""
 
-CASES = [(t, impl) for t in SAMPLE for impl in ("eager", "sdpa") if impl == "eager" or (t in SDPA_SAMPLE and _sdpa(t))]
+CASES = [
+    pytest.param(t, impl, id=f"{t}-{impl}")
+    for t in SAMPLE
+    for impl in ("eager", "sdpa")
+    if impl == "eager" or (t in SDPA_SAMPLE and _sdpa(t))
+]
+
+BUILDER_SAMPLE = ["bamba", "zamba2", "deepseek_v3", "musicgen", "gemma4_text"]
+"""Types the tiny builder could not run before issue 15's second pass, one per cause (hybrid Mamba/attention layer
+lists, sizes derived in ``__post_init__``, latent attention's KV heads, a head built on a sub-config, KV-shared
+layers): eager, ``slow``."""
+
+CASES += [pytest.param(t, "eager", id=f"{t}-eager", marks=pytest.mark.slow) for t in BUILDER_SAMPLE]
 
 
 class _NoLayerDrop:
@@ -134,7 +146,7 @@ def _same(a: dict, b: dict) -> bool:
     )
 
 
-@pytest.mark.parametrize(("model_type", "impl"), CASES, ids=[f"{t}-{i}" for t, i in CASES])
+@pytest.mark.parametrize(("model_type", "impl"), CASES)
 def test_sampled_type_every_dropout_becomes_sparseout_and_the_report_agrees(model_type, impl):
     model = build(model_type, heads_of(model_type)[0], impl)
     inputs = inputs_for(model)
