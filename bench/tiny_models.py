@@ -45,7 +45,7 @@ _SIZES = {
     **dict.fromkeys(("qk_rope_head_dim", "qk_nope_head_dim", "kv_lora_rank", "q_lora_rank"), 16),
     **dict.fromkeys(("v_head_dim",), 16),
     **dict.fromkeys(
-        ("n_group", "topk_group", "n_groups", "mamba_n_groups", "mamba_ngroups"), 1
+        ("n_group", "topk_group", "n_groups", "num_expert_group", "mamba_n_groups", "mamba_ngroups"), 1
     ),  # groups of experts/SSM heads
     **dict.fromkeys(("moe_k",), 2),
     **dict.fromkeys(("mamba_n_heads", "n_mamba_heads"), 2),
@@ -64,6 +64,13 @@ _DEFAULT_FIXES: dict[str, dict[str, Any]] = {
 }
 """Arguments without which a type's default config does not validate."""
 
+_QSA = {
+    "indexer_n_heads": 2,
+    "indexer_kv_heads": 1,
+    "indexer_head_dim": 16,
+    "indexer_budget": 4,
+    "indexer_compress_ratio": 2,
+}
 _OVERRIDES: dict[str, dict[str, Any]] = {
     # default configs their own models cannot use
     "dots1": {"n_routed_experts": 4, "n_shared_experts": 1},  # None by default
@@ -95,6 +102,9 @@ _OVERRIDES: dict[str, dict[str, Any]] = {
     "granitemoehybrid": {"layer_types": ["mamba", "attention"]},
     "bamba": {"attn_layer_indices": [1]},
     "jamba": {"attn_layer_period": 2, "attn_layer_offset": 1},  # attention every 8th layer from the 5th
+    # the default layer types include indexed (QSA) attention, whose indexer sizes are None by default
+    "qwen4_exp_text": _QSA,
+    "qwen4_exp": {f"text_config.{k}": v for k, v in _QSA.items()},
     # interleaved RoPE on head_dim * partial_rotary_factor (0.25) channels: must be qk_rope_head_dim (16)
     "dots3_note_text": {"head_dim": 64},
     "dots3_note": {"text_config.head_dim": 64},
@@ -165,6 +175,8 @@ def _shrink(config: PretrainedConfig, changes: dict[int, dict[str, Any]]) -> Non
     for heads, size, expand in _SSM_HEADS:
         if all(isinstance(attrs.get(k), int) for k in (heads, size, expand, "hidden_size")):
             put(size, attrs[expand] * attrs["hidden_size"] // attrs[heads])
+            if isinstance(attrs.get("mamba_d_ssm"), int):  # Falcon-H1: the SSM width, heads * head size
+                put("mamba_d_ssm", attrs[heads] * attrs[size])
     if isinstance(getattr(config, "vocab_size", None), int):
         vocab = min(config.vocab_size, max(256, *(i + 1 for i in _token_ids(config)), 0))
         if vocab != config.vocab_size:
