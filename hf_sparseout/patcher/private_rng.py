@@ -13,8 +13,14 @@ instead :class:`PrivateRandomMode`, a thread-local ``TorchFunctionMode``:
   ``torch.Generator`` per device,
   seeded with a constant, so the pass is also the same on every call.
 
+A model that reseeds the global generator itself (``torch.seed()``/``torch.manual_seed``: Reformer's
+reversible layers do in every training forward, to replay their dropout in the backward pass) is the one
+case where the global state is put back: the mode notices the new ``torch.initial_seed()`` on exit and
+restores the state from its entry, since that forward already replaced whatever other threads drew from.
+
 Draws outside torch (Python's ``random``, NumPy) cannot be intercepted this way; transformers uses
-them only for LayerDrop in a few models, which the probe disables (see ``probe.stochastic_skips``).
+them only for LayerDrop in a few models and SpecAugment in the speech models, which the probe
+disables (see ``probe.stochastic_skips``).
 """
 
 from __future__ import annotations
@@ -77,6 +83,16 @@ class PrivateRandomMode(TorchFunctionMode):
         super().__init__()
         self.generators: dict[torch.device, torch.Generator] = {}
 
+    def __enter__(self):
+        self._entry = _GlobalSeeds()
+        return super().__enter__()
+
+    def __exit__(self, exc_type, exc_value, traceback):
+        try:
+            return super().__exit__(exc_type, exc_value, traceback)
+        finally:
+            self._entry.restore_if_reseeded()
+
     def generator(self, device: torch.device | str | None) -> torch.Generator:
         """This mode's generator for ``device`` (created and seeded on first use)."""
         device = torch.device(device if device is not None else "cpu")
@@ -121,6 +137,26 @@ def _device_of(func: Any, args: tuple, kwargs: dict) -> torch.device | None:
     if func in _LIKE and kwargs.get("device") is not None:
         return torch.device(kwargs["device"])
     return first.device if isinstance(first, torch.Tensor) else None
+
+
+class _GlobalSeeds:
+    """The global generators' seeds and states at one moment (CPU, and each initialised CUDA device)."""
+
+    def __init__(self) -> None:
+        self.cpu = (torch.initial_seed(), torch.random.get_rng_state())
+        self.cuda: list[tuple[int, int, torch.Tensor]] = []
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            gens = torch.cuda.default_generators
+            self.cuda = [(i, g.initial_seed(), g.get_state()) for i, g in enumerate(gens)]
+
+    def restore_if_reseeded(self) -> None:
+        """Put back each generator whose seed changed since (the model reseeded it); leave the others alone."""
+        if torch.initial_seed() != self.cpu[0]:
+            torch.random.set_rng_state(self.cpu[1])
+        for index, seed, state in self.cuda:
+            gen = torch.cuda.default_generators[index]
+            if gen.initial_seed() != seed:
+                gen.set_state(state)
 
 
 def global_rng_states() -> list[torch.Tensor]:

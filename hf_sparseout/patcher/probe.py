@@ -41,8 +41,10 @@ from hf_sparseout.patcher.config import is_finite_probability
 from hf_sparseout.patcher.private_rng import PrivateRandomMode
 from hf_sparseout.patcher.snapshot import ModelSnapshot
 
-STOCHASTIC_SKIPS = ("layerdrop", "layer_drop")
-"""Attribute-name fragments of probabilities that skip whole layers at random; 0 during the probe."""
+STOCHASTIC_SKIPS = ("layerdrop", "layer_drop", "mask_time_prob", "mask_feature_prob")
+"""Attribute-name fragments of probabilities that skip whole layers (LayerDrop) or mask spans (SpecAugment in the
+speech models: Wav2Vec2, HuBERT, WavLM, Whisper) at random, drawing from NumPy's global RNG; 0 during the probe and
+``verify``."""
 
 
 @dataclass
