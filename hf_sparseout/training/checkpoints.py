@@ -11,12 +11,34 @@ import json
 import re
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, TypedDict
 
 from hf_sparseout.training.args import UsageError
+from hf_sparseout.training.diagnostics import EvalRecord
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
 
 STATE_FILE = "trainer_state.json"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+class _Position(TypedDict):
+    global_step: int
+    epoch: int
+    batch_in_epoch: int
+
+
+class CheckpointState(_Position, total=False):
+    """``trainer_state.json``: where the run was (always there) and its records so far (the pairs read
+    back from JSON are lists); ``signature`` is what a resuming run must match."""
+
+    evals: list[EvalRecord]
+    train_loss: list[tuple[int, float]]
+    learning_rate: list[tuple[int, float]]
+    signature: dict[str, str | int | float]
+    init: dict[str, float]
+    grad_norms: list[tuple[int, float]]
 
 
 def run_dir(output_dir: str | Path, run: str) -> Path:
@@ -32,7 +54,7 @@ def list_checkpoints(directory: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def save_checkpoint(accelerator: Any, directory: Path, state: dict[str, Any], keep: int | None) -> Path:
+def save_checkpoint(accelerator: Accelerator, directory: Path, state: CheckpointState, keep: int | None) -> Path:
     """Save model, optimizer, scheduler, RNG and ``state`` to ``directory/step-N``; keep the last ``keep``."""
     directory.mkdir(parents=True, exist_ok=True)
     final = directory / f"step-{state['global_step']}"
@@ -85,10 +107,10 @@ def resolve_resume(spec: str, directory: Path) -> Path | None:
     return path
 
 
-def read_state(path: Path) -> dict[str, Any]:
+def read_state(path: Path) -> CheckpointState:
     """The ``trainer_state.json`` of a checkpoint (``UsageError`` if missing or corrupt)."""
     try:
-        state = json.loads((path / STATE_FILE).read_text())
+        state: CheckpointState = json.loads((path / STATE_FILE).read_text())
         int(state["global_step"]), int(state["epoch"]), int(state["batch_in_epoch"])
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise UsageError(
@@ -100,7 +122,7 @@ def read_state(path: Path) -> dict[str, Any]:
     return state
 
 
-def load_checkpoint(accelerator: Any, path: Path, signature: dict[str, Any]) -> dict[str, Any]:
+def load_checkpoint(accelerator: Accelerator, path: Path, signature: dict[str, str | int | float]) -> CheckpointState:
     """Restore ``path`` into the prepared objects and return its state; ``UsageError`` with a hint naming an
     older checkpoint when a file is truncated or corrupt, or when the checkpoint belongs to another model.
 

@@ -6,12 +6,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from datasets import ClassLabel, Dataset, DatasetDict
 
 from hf_sparseout.loading import check_hub_reachable, hub_offline
 from hf_sparseout.training.args import FinetuneArgs, UsageError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 # extension -> (datasets builder, extra load_dataset kwargs)
 BUILDERS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -237,7 +240,9 @@ def _check_no_empty_text(split: Dataset, column: str, name: str) -> None:
         )
 
 
-def prepare(args: FinetuneArgs, tokenizer: Any, task: str, train: Dataset, evaluation: Dataset) -> PreparedData:
+def prepare(
+    args: FinetuneArgs, tokenizer: PreTrainedTokenizerBase, task: str, train: Dataset, evaluation: Dataset
+) -> PreparedData:
     """Tokenise the train and eval splits (from :func:`pick_splits`) for ``task``."""
     text_col = text_column(train, args)
     if task == "causal-lm":

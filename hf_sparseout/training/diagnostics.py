@@ -8,10 +8,33 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Sequence
-from typing import Any
+from typing import TypedDict
+
+EvalRecord = dict[str, float | int | None]
+"""One evaluation of a run as metrics.json keeps it: ``step``, the gathered metrics (``eval_loss``,
+``perplexity`` or ``accuracy``, ...), overall sparsity, ``train_loss`` since the previous one (None if
+no step), and ``lq_penalty`` / ``sparsity_at_*pct`` when the run has them."""
 
 
-def best_eval(evals: Sequence[dict[str, Any]], task: str) -> dict[str, Any]:
+class GradNormWindow(TypedDict):
+    """Median and max gradient norm over one logging window, ending at ``step``."""
+
+    step: int
+    median: float
+    max: float
+
+
+class GradNormSummary(TypedDict):
+    """The ``grad_norm`` entry of metrics.json (see :func:`grad_norm_summary`)."""
+
+    median: float | None
+    max: float | None
+    nonfinite: int
+    every: int
+    per_logging_step: list[GradNormWindow]
+
+
+def best_eval(evals: Sequence[EvalRecord], task: str) -> dict[str, float | int]:
     """The best evaluation of a run: lowest perplexity (causal LM) or highest accuracy (classification).
 
     Returns ``{"best_eval_perplexity": v, "best_eval_step": s}`` (``best_eval_accuracy`` for
@@ -32,7 +55,7 @@ def mean_since(train_loss: Sequence[Sequence[float]], after_step: int, up_to_ste
     return sum(values) / len(values) if values else None
 
 
-def grad_norm_summary(norms: Sequence[Sequence[float]], every: int) -> dict[str, Any]:
+def grad_norm_summary(norms: Sequence[Sequence[float]], every: int) -> GradNormSummary:
     """Gradient norms before clipping, ``[(step, norm), ...]``, as the ``grad_norm`` entry of metrics.json.
 
     ``median`` and ``max`` over the run, and per window of ``every`` optimizer steps (the logging
@@ -40,7 +63,7 @@ def grad_norm_summary(norms: Sequence[Sequence[float]], every: int) -> dict[str,
     step under fp16) are counted in ``nonfinite`` and left out of the statistics.
     """
     finite = [(int(s), float(n)) for s, n in norms if math.isfinite(n)]
-    out: dict[str, Any] = {
+    out: GradNormSummary = {
         "median": statistics.median(n for _, n in finite) if finite else None,
         "max": max(n for _, n in finite) if finite else None,
         "nonfinite": len(norms) - len(finite),
@@ -60,4 +83,4 @@ def grad_norm_summary(norms: Sequence[Sequence[float]], every: int) -> dict[str,
     return out
 
 
-__all__ = ["best_eval", "grad_norm_summary", "mean_since"]
+__all__ = ["EvalRecord", "GradNormSummary", "GradNormWindow", "best_eval", "grad_norm_summary", "mean_since"]

@@ -8,10 +8,29 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Any
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+
+Batch = dict[str, torch.Tensor]
+"""One collated batch: ``input_ids``, ``attention_mask``, ``labels``, ... as tensors."""
+
+
+class EvalObserver(Protocol):
+    """What watches an eval pass (``SparsityMonitor``, ``ThresholdHooks``): entered around it, and given
+    each batch's attention mask (accelerate's duplicated samples zeroed) before the forward."""
+
+    def __enter__(self) -> object: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+    def set_attention_mask(self, mask: torch.Tensor | None) -> None: ...
 
 
 def per_example_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -38,7 +57,12 @@ def macro_f1(predictions: torch.Tensor, labels: torch.Tensor, num_labels: int) -
 
 @torch.no_grad()
 def evaluate(
-    model: Any, dataloader: Any, accelerator: Any, task: str, num_labels: int | None = None, monitor: Any = None
+    model: nn.Module,
+    dataloader: Iterable[Batch],
+    accelerator: Accelerator,
+    task: str,
+    num_labels: int | None = None,
+    monitor: EvalObserver | None = None,
 ) -> dict[str, float]:
     """Evaluate ``model`` on ``dataloader`` (already prepared); returns the gathered metrics.
 
@@ -49,7 +73,7 @@ def evaluate(
         return _evaluate(model, dataloader, accelerator, task, num_labels, monitor)
 
 
-def _duplicate_free_mask(batch: dict, accelerator: Any) -> torch.Tensor | None:
+def _duplicate_free_mask(batch: Mapping[str, torch.Tensor], accelerator: Accelerator) -> torch.Tensor | None:
     """On the last batch of several processes, the (batch, seq) mask without accelerate's padding samples.
 
     With ``even_batches`` accelerate repeats samples to fill the last global batch;
@@ -68,7 +92,12 @@ def _duplicate_free_mask(batch: dict, accelerator: Any) -> torch.Tensor | None:
 
 
 def _evaluate(
-    model: Any, dataloader: Any, accelerator: Any, task: str, num_labels: int | None, monitor: Any = None
+    model: nn.Module,
+    dataloader: Iterable[Batch],
+    accelerator: Accelerator,
+    task: str,
+    num_labels: int | None,
+    monitor: EvalObserver | None = None,
 ) -> dict[str, float]:
     nll_sum = torch.zeros((), dtype=torch.float64)
     token_count = torch.zeros((), dtype=torch.float64)

@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
 from hf_sparseout.loading import offline_hint
 from hf_sparseout.training.args import FinetuneArgs, UsageError
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 PRESETS: dict[str, dict[str, Any]] = {
     # The offline default: small enough for a Sparseout-vs-dropout comparison in ~3 CPU minutes.
@@ -52,7 +55,7 @@ def minilm_path() -> Path | None:
     return path if (path / "config.json").is_file() else None
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int = 4096) -> Any:
+def train_tokenizer(texts: Iterable[str], vocab_size: int = 4096) -> PreTrainedTokenizerFast:
     """A byte-level BPE tokenizer trained on ``texts`` (needs no download), as a fast HF tokenizer."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
@@ -93,7 +96,7 @@ def default_model(args: FinetuneArgs, task: str) -> tuple[str | None, str | None
     return None, "gpt2-tiny" if task == "causal-lm" else "bert-tiny"
 
 
-def load_tokenizer(name: str, option: str = "--tokenizer") -> Any:
+def load_tokenizer(name: str, option: str = "--tokenizer") -> PreTrainedTokenizerBase:
     """``AutoTokenizer.from_pretrained`` with an offline-aware error naming the ``option`` that gave
     ``name``; pad token set for causal LMs."""
     from transformers import AutoTokenizer
@@ -115,7 +118,7 @@ def load_tokenizer(name: str, option: str = "--tokenizer") -> Any:
     return tokenizer
 
 
-def _config_from(spec: str) -> Any:
+def _config_from(spec: str) -> PretrainedConfig:
     from transformers import AutoConfig
 
     if spec in PRESETS:
@@ -136,7 +139,11 @@ def _config_from(spec: str) -> Any:
 
 
 def build_model(
-    model_name: str | None, from_config: str | None, task: str, tokenizer: Any, labels: list[str] | None
+    model_name: str | None,
+    from_config: str | None,
+    task: str,
+    tokenizer: PreTrainedTokenizerBase,
+    labels: list[str] | None,
 ) -> nn.Module:
     """Load ``model_name`` or build ``from_config`` with the head for ``task``."""
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
@@ -192,7 +199,7 @@ def _no_head(name: str, task: str, err: Exception) -> UsageError:
 POSITION_KEYS = ("max_position_embeddings", "n_positions", "n_ctx", "max_seq_len", "seq_length")
 
 
-def check_input_length(model: nn.Module, args: Any, task: str) -> None:
+def check_input_length(model: nn.Module, args: FinetuneArgs, task: str) -> None:
     """``UsageError`` before training when ``--block-size`` / ``--max-length`` exceeds the model's positions."""
     length, option = (args.block_size, "--block-size") if task == "causal-lm" else (args.max_length, "--max-length")
     config = model.config

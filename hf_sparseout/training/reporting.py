@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from hf_sparseout.optional import require_matplotlib
 from hf_sparseout.training.args import FinetuneArgs
+from hf_sparseout.training.diagnostics import EvalRecord
 from hf_sparseout.training.loop import RunResult
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 RUN_FILE = "hf_sparseout_run.json"
 PLOTS = {
@@ -19,13 +24,16 @@ PLOTS = {
 CURVE_PLOT = "sparsity_curve.png"
 CURVE_KEYS = ("sparsity_at_1pct", "sparsity_at_5pct")
 
+SummaryRow = dict[str, str | float | int | None]
+"""One run in the summary table (``metrics.json``'s ``summary``): its name, p, q, final and best metrics, ..."""
+
 
 def headline(task: str) -> tuple[str, str]:
     """(metric key, label) of the task's main eval metric."""
     return ("perplexity", "perplexity (lower is better)") if task == "causal-lm" else ("accuracy", "accuracy")
 
 
-def summary_rows(results: list[RunResult], task: str) -> list[dict[str, Any]]:
+def summary_rows(results: list[RunResult], task: str) -> list[SummaryRow]:
     """One row per run: the final eval metrics, sparsity and throughput."""
     key, _ = headline(task)
     rows = []
@@ -152,7 +160,7 @@ def write_plots(out: Path, results: list[RunResult], task: str) -> dict[str, str
     return written
 
 
-def _curve_lines(results: list[RunResult], cell: Any) -> list[str]:
+def _curve_lines(results: list[RunResult], cell: Callable[[object], str]) -> list[str]:
     """report.md's section on the sparsity-quality curve (``--sparsity-curve``)."""
     runs = [r for r in results if r.curve is not None]
     if not runs:
@@ -193,7 +201,7 @@ def write_report(out: Path, args: FinetuneArgs, results: list[RunResult], task: 
     rows = summary_rows(results, task)
     columns = [c for c in rows[0] if any(r.get(c) is not None for r in rows)]
 
-    def cell(v: Any) -> str:
+    def cell(v: object) -> str:
         return f"{v:.4g}" if isinstance(v, float) else ("" if v is None else str(v))
 
     lines = [f"# hf-sparseout finetune: {task}", "", f"Data: {data_source}.", ""]
@@ -241,7 +249,7 @@ def write_run_file(
     model = args.model if args.model and not Path(args.model).expanduser().exists() else None
     main = results[0]
 
-    def final(r: RunResult) -> dict[str, Any]:
+    def final(r: RunResult) -> EvalRecord:
         return {k: v for k, v in r.final.items() if k != "step"}
 
     data = {
@@ -304,7 +312,7 @@ def print_summary(results: list[RunResult], task: str) -> None:
     console.print(table)
 
 
-def wide_console() -> Any:
+def wide_console() -> Console:
     """A rich console for tables: the terminal's width, or 120 columns when output is piped (not 80)."""
     import os
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from hf_sparseout.hub import write_model_card
 from hf_sparseout.integrations.distributed import check_launch
@@ -14,9 +14,13 @@ from hf_sparseout.optional import MATPLOTLIB, require
 from hf_sparseout.training import checkpoints, reporting
 from hf_sparseout.training.args import FinetuneArgs, UsageError
 from hf_sparseout.training.data import infer_task, load_raw, pick_splits, prepare, text_column
-from hf_sparseout.training.loop import RunResult, run, save_final, sparseout_config
+from hf_sparseout.training.loop import RunInputs, RunResult, run, save_final, sparseout_config
 from hf_sparseout.training.modeling import build_model, default_model, load_tokenizer, train_tokenizer
 from hf_sparseout.training.threshold_curve import save_thresholds
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+    from torch import nn
 
 logger = get_logger(__name__)
 
@@ -43,7 +47,7 @@ class FinetuneOutcome:
     files: dict[str, str]
     is_main_process: bool = True
 
-    def summary(self) -> list[dict[str, Any]]:
+    def summary(self) -> list[reporting.SummaryRow]:
         """One row per run (final metrics, sparsity, throughput)."""
         return reporting.summary_rows(self.results, self.task)
 
@@ -106,7 +110,7 @@ def interrupted_message(args: FinetuneArgs) -> str:
     )
 
 
-def _accelerator(args: FinetuneArgs) -> Any:
+def _accelerator(args: FinetuneArgs) -> Accelerator:
     import torch
     from accelerate import Accelerator
     from accelerate.utils import DataLoaderConfiguration
@@ -222,12 +226,13 @@ def finetune(args: FinetuneArgs, end_training: bool = True) -> FinetuneOutcome:
     )
     collate = default_data_collator if task == "causal-lm" else DataCollatorWithPadding(tokenizer)
 
-    def make_model() -> Any:
+    def make_model() -> nn.Module:
         return build_model(model_name, from_config, task, tokenizer, prepared.label_names)
 
     accelerator = _accelerator(args)
     accelerator.init_trackers("hf-sparseout", config={k: str(v) for k, v in args.to_dict().items()})
-    common = dict(
+    inputs = RunInputs(
+        args=args,
         accelerator=accelerator,
         make_model=make_model,
         train_set=prepared.train,
@@ -237,9 +242,9 @@ def finetune(args: FinetuneArgs, end_training: bool = True) -> FinetuneOutcome:
         num_labels=prepared.num_labels,
     )
     # The controls share the seed, data order and sites; only the main run gets --lq-penalty.
-    results = [run("sparseout", args.q, args, **common, penalty=True)]
+    results = [run(inputs, "sparseout", args.q, penalty=True)]
     for name in control_runs(args.baseline):
-        results.append(run(name, 2.0, args, **common, p=0.0 if name == "p0" else None))
+        results.append(run(inputs, name, 2.0, p=0.0 if name == "p0" else None))
     save_final(results[0], accelerator, tokenizer, out)
     for result in results[1:]:
         save_final(result, accelerator, tokenizer, out / result.name)

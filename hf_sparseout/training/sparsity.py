@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
+if TYPE_CHECKING:
+    from hf_sparseout.metrics.monitor import SparsityMonitor
 
-def make_monitor(model: nn.Module) -> Any:
+
+def make_monitor(model: nn.Module) -> SparsityMonitor:
     """A monitor on every Sparseout site of the (patched) model; both runs are patched, so sites match."""
     from hf_sparseout.metrics.monitor import SparsityMonitor
 
     return SparsityMonitor(model)
 
 
-def summarize(monitor: Any) -> dict[str, Any]:
+def summarize(monitor: SparsityMonitor) -> dict[str, Any]:
     """Overall and per-site metrics, reduced across processes; sites unseen in eval are left out.
 
     In eval, attention-probability sites are not applied by the model at all (it passes

@@ -12,12 +12,16 @@ from __future__ import annotations
 
 import itertools
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from torch import nn
 from torch.utils.data import DataLoader
 
 from hf_sparseout.training.args import FinetuneArgs, UsageError
+
+if TYPE_CHECKING:
+    from hf_sparseout.metrics.threshold import SparsityCurve, ThresholdHooks
+    from hf_sparseout.training.loop import RunContext
 
 CALIBRATION_BATCHES = 8
 THRESHOLDS_FILE = "thresholds.json"
@@ -35,34 +39,27 @@ def check_sites(model: nn.Module, args: FinetuneArgs) -> None:
         raise UsageError(str(err).split(" (hint: ")[0], err.hint) from err
 
 
-def _sites(args: FinetuneArgs) -> Any:
+def _sites(args: FinetuneArgs) -> str | list[str] | None:
     sites = args.sparsity_sites
     if sites and len(sites) == 1 and sites[0] in ("teal", "sparseout"):
         return sites[0]
     return sites or None
 
 
-def final_curve(
-    model: Any,
-    accelerator: Any,
-    eval_dl: Any,
-    train_set: Any,
-    collate: Any,
-    args: FinetuneArgs,
-    task: str,
-    num_labels: int | None,
-    reference: dict[str, Any],
-) -> Any:
-    """The :class:`~hf_sparseout.metrics.threshold.SparsityCurve` of the trained ``model`` (prepared)."""
+def final_curve(ctx: RunContext, reference: dict[str, float]) -> SparsityCurve:
+    """The :class:`~hf_sparseout.metrics.threshold.SparsityCurve` of the run's trained (prepared) model,
+    on its eval data; ``reference``: the final evaluation's metrics."""
     from hf_sparseout.metrics.threshold import DEFAULT_TARGETS, sparsity_curve
     from hf_sparseout.training.evaluation import evaluate
 
-    loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=False, collate_fn=collate)
+    args, accelerator, model, task = ctx.args, ctx.accelerator, ctx.model, ctx.task
+    inputs = ctx.inputs
+    loader = DataLoader(inputs.train_set, batch_size=args.batch_size, shuffle=False, collate_fn=inputs.collate)
     calibration = list(itertools.islice(loader, CALIBRATION_BATCHES))
     metric = "perplexity" if task == "causal-lm" else "accuracy"
 
-    def evaluate_fn(_: nn.Module, hooks: Any) -> dict[str, float]:
-        return evaluate(model, eval_dl, accelerator, task, num_labels, monitor=hooks)
+    def evaluate_fn(_: nn.Module, hooks: ThresholdHooks) -> dict[str, float]:
+        return evaluate(model, ctx.eval_dl, accelerator, task, inputs.num_labels, monitor=hooks)
 
     return sparsity_curve(
         accelerator.unwrap_model(model),
@@ -75,7 +72,7 @@ def final_curve(
     )
 
 
-def save_thresholds(curve: Any, directory: Path) -> Path:
+def save_thresholds(curve: SparsityCurve, directory: Path) -> Path:
     """Write the run's thresholds (every target) next to its model."""
     directory.mkdir(parents=True, exist_ok=True)
     return curve.calibration.save(directory / THRESHOLDS_FILE)
