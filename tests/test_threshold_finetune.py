@@ -18,14 +18,19 @@ def _flat(text: str) -> str:
     return " ".join(text.split())
 
 
-@pytest.mark.slow  # trains two runs end to end
-def test_curve_for_both_runs_in_metrics_report_plot_and_thresholds(tmp_path):
+@pytest.mark.slow  # trains three runs end to end
+def test_curve_for_every_run_in_metrics_report_plot_and_thresholds(tmp_path):
     data = write_text_corpus(tmp_path / "txt")
     out = tmp_path / "out"
-    result = invoke("--dataset", str(data), *TINY, "--baseline", *CURVE, "--output-dir", str(out))
+    result = invoke("--dataset", str(data), *TINY, "--baseline", "both", *CURVE, "--output-dir", str(out))
     assert result.exit_code == 0, result.output[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
-    for name, directory in (("sparseout", out), ("baseline", out / "baseline")):
+    runs = (("sparseout", out), ("baseline", out / "baseline"), ("p0", out / "p0"))
+    # each run's thresholds beside its own model (the p = 0 control's once went to baseline/ or nowhere)
+    saved_files = [(directory / "thresholds.json").read_text() for _, directory in runs]
+    assert len(set(saved_files)) == 3
+    assert all((directory / "model.safetensors").is_file() for _, directory in runs)
+    for name, directory in runs:
         run = metrics["runs"][name]
         curve, final = run["sparsity_curve"], run["evals"][-1]
         assert [p["target"] for p in curve["points"]] == [0.0, 0.3, 0.6]

@@ -250,8 +250,9 @@ def finetune(args: FinetuneArgs, end_training: bool = True) -> FinetuneOutcome:
         save_final(result, accelerator, tokenizer, out / result.name)
     files: dict[str, str] = {}
     if accelerator.is_main_process:
-        for result, directory in zip(results, (out, out / "baseline"), strict=False):
+        for i, result in enumerate(results):
             if result.curve is not None:  # thresholds saved with the model they were calibrated on
+                directory = out if i == 0 else out / result.name  # where save_final put that model
                 files[f"thresholds_{result.name}"] = str(save_thresholds(result.curve, directory))
         files["metrics"] = str(reporting.write_metrics(out, args, results, task, source, accelerator.num_processes))
         files.update({k: str(out / v) for k, v in reporting.write_plots(out, results, task).items()})
