@@ -40,13 +40,14 @@ def test_two_processes_give_the_one_process_eval_and_train(tmp_path):
 def test_two_processes_follow_the_one_process_schedule_step_by_step(tmp_path):
     """The learning rate, and the training loss, of a 2-process run equal the 1-process run's at every step.
 
-    The 1-process run uses the 2-process global batch (2 x 2 = 4); with p = 1e-9 the dropout noise is
-    negligible (below float32 resolution), so the two runs see the same samples and the same gradients.
+    The 1-process run uses the 2-process global batch (2 x 2 = 4); with p = 1e-9 at every site the dropout
+    noise is negligible (below float32 resolution), so the two runs see the same samples and the same gradients.
     accelerate's prepared scheduler steps once per process: sized in optimizer steps it would reach 0
     halfway through a 2-process run.
     """
     data = write_text_corpus(tmp_path / "txt")
     common = ["--dataset", str(data), *FAST[:4], "--learning-rate", "1e-3", "--p", "1e-9", "--q", "1.5"]
+    common += ["--attention", "sparseout"]  # p = 1e-9 at the attention probabilities too (kept plain by default)
     common += ["--max-steps", "6", "--eval-steps", "3", "--warmup-ratio", "0.34", "--lr-scheduler", "linear"]
     one = _run(SINGLE, tmp_path / "one", *common, "--batch-size", "4")
     proc = subprocess.run(
