@@ -25,19 +25,13 @@ import time
 import torch
 
 import hf_sparseout
-from bench.common import median_seconds, write_results
+from bench.common import add_tiny_gpt2_args, median_seconds, tiny_gpt2, write_results
 from hf_sparseout.metrics import SparsityMonitor
 
 
 def build(layers: int, hidden: int, heads: int, seq: int) -> torch.nn.Module:
     """A patched tiny GPT-2 LM (randomly initialised, fixed seed)."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    config = GPT2Config(
-        vocab_size=256, n_positions=seq, n_embd=hidden, n_layer=layers, n_head=heads, bos_token_id=0, eos_token_id=0
-    )
-    torch.manual_seed(0)
-    model = GPT2LMHeadModel(config)
+    model = tiny_gpt2(layers, hidden, heads, seq)
     hf_sparseout.patch(model, hf_sparseout.SparseoutConfig(p=0.1, q=1.5))
     return model
 
@@ -45,11 +39,7 @@ def build(layers: int, hidden: int, heads: int, seq: int) -> torch.nn.Module:
 def main(argv: list[str] | None = None) -> None:
     """Command line entry point."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--layers", type=int, default=4)
-    ap.add_argument("--hidden", type=int, default=128)
-    ap.add_argument("--heads", type=int, default=4)
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--seq", type=int, default=128)
+    add_tiny_gpt2_args(ap)
     ap.add_argument("--pairs", type=int, default=150)
     args = ap.parse_args(argv)
 

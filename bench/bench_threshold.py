@@ -27,21 +27,10 @@ from typing import Any
 
 import torch
 
-from bench.common import write_results
+from bench.common import add_tiny_gpt2_args, tiny_gpt2, write_results
 from hf_sparseout.metrics.threshold import apply_thresholds, batch_evaluator, calibrate, sparsity_curve
 
 TARGETS = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]
-
-
-def build(layers: int, hidden: int, heads: int, seq: int) -> torch.nn.Module:
-    """A tiny GPT-2 LM (randomly initialised, fixed seed), in eval mode."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    config = GPT2Config(
-        vocab_size=256, n_positions=seq, n_embd=hidden, n_layer=layers, n_head=heads, bos_token_id=0, eos_token_id=0
-    )
-    torch.manual_seed(0)
-    return GPT2LMHeadModel(config).eval()
 
 
 def make_batches(n: int, batch: int, seq: int, seed: int) -> list[dict[str, torch.Tensor]]:
@@ -59,17 +48,13 @@ def make_batches(n: int, batch: int, seq: int, seed: int) -> list[dict[str, torc
 def main(argv: list[str] | None = None) -> None:
     """Command line entry point."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--layers", type=int, default=4)
-    ap.add_argument("--hidden", type=int, default=128)
-    ap.add_argument("--heads", type=int, default=4)
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--seq", type=int, default=128)
+    add_tiny_gpt2_args(ap)
     ap.add_argument("--eval-batches", type=int, default=4)
     ap.add_argument("--calib-batches", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args(argv)
 
-    model = build(args.layers, args.hidden, args.heads, args.seq)
+    model = tiny_gpt2(args.layers, args.hidden, args.heads, args.seq).eval()
     evaluation = make_batches(args.eval_batches, args.batch, args.seq, seed=1)
     calib = make_batches(args.calib_batches, args.batch, args.seq, seed=2)
     evaluate_fn = batch_evaluator(evaluation)

@@ -6,6 +6,7 @@ numbers are recorded for context only. Results go to ``bench/results/<name>_<dev
 
 from __future__ import annotations
 
+import argparse
 import datetime as _dt
 import json
 import platform
@@ -18,6 +19,26 @@ import torch
 from torch.utils.benchmark import Timer
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def tiny_gpt2(layers: int, hidden: int, heads: int, seq: int) -> torch.nn.Module:
+    """A tiny GPT-2 LM from a config (vocabulary 256), randomly initialised with seed 0."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(
+        vocab_size=256, n_positions=seq, n_embd=hidden, n_layer=layers, n_head=heads, bos_token_id=0, eos_token_id=0
+    )
+    torch.manual_seed(0)
+    return GPT2LMHeadModel(config)
+
+
+def add_tiny_gpt2_args(ap: argparse.ArgumentParser) -> None:
+    """``--layers --hidden --heads --batch --seq``: the shape of :func:`tiny_gpt2` and of its batches."""
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--hidden", type=int, default=128)
+    ap.add_argument("--heads", type=int, default=4)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--seq", type=int, default=128)
 
 
 def device_name(device: str | torch.device) -> str:
