@@ -24,12 +24,14 @@ be built or run on token ids: a limitation of this script, not of the patcher).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import re
 import time
 import traceback
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -132,18 +134,31 @@ def run(types: list[str], on_type: Any = None) -> list[dict[str, Any]]:
         for impl in ("eager", "sdpa"):
             if impl == "sdpa" and not _supports_sdpa(model_type, head):
                 continue
-            start = time.perf_counter()
-            try:
-                row = check(model_type, head, impl)
-            except Exception as err:  # a bug of this script or the patcher: still a row, never a crash
-                row = {"type": model_type, "head": head, "impl": impl, "verdict": "fail", "reason": _short(err)}
-                traceback.print_exc()
-            row["seconds"] = round(time.perf_counter() - start, 2)
-            print(f"{model_type:32s} {impl:5s} {row['verdict']:10s} {row.get('reason', '')}", flush=True)
-            rows.append(row)
+            rows.append(_checked_row(model_type, head, impl, functools.partial(check, model_type, head, impl)))
         if on_type is not None:
             on_type(rows)
     return rows
+
+
+def _checked_row(
+    name: str, head: str, impl: str, run: Callable[[], dict[str, Any] | None], extra: dict[str, Any] | None = None
+) -> dict[str, Any] | None:
+    """``run()`` (one ``check``) timed and printed as a row; None when it skips; an exception is a ``fail`` row.
+
+    An exception is a bug of this script or the patcher: still a row, never a crash.
+    """
+    start = time.perf_counter()
+    try:
+        row = run()
+    except Exception as err:
+        row = {"type": name, "head": head, "impl": impl, "verdict": "fail", "reason": _short(err)}
+        traceback.print_exc()
+    if row is None:
+        return None
+    row.update(extra or {})
+    row["seconds"] = round(time.perf_counter() - start, 2)
+    print(f"{name:32s} {impl:5s} {row['verdict']:10s} {row.get('reason', '')}", flush=True)
+    return row
 
 
 def run_towers(names: list[str], on_tower: Any = None) -> list[dict[str, Any]]:
@@ -152,18 +167,15 @@ def run_towers(names: list[str], on_tower: Any = None) -> list[dict[str, Any]]:
     for name in names:
         tower = TOWERS[name]
         for impl in ("eager", "sdpa"):
-            start = time.perf_counter()
-            try:
+
+            def run(impl: str = impl, tower: Any = tower, name: str = name) -> dict[str, Any] | None:
                 if impl == "sdpa" and not tower.supports_sdpa():
-                    continue
-                row = check(name, tower.head, impl, make=tower.build)
-            except Exception as err:
-                row = {"type": name, "head": tower.head, "impl": impl, "verdict": "fail", "reason": _short(err)}
-                traceback.print_exc()
-            row["inputs"] = tower.inputs
-            row["seconds"] = round(time.perf_counter() - start, 2)
-            print(f"{name:32s} {impl:5s} {row['verdict']:10s} {row.get('reason', '')}", flush=True)
-            rows.append(row)
+                    return None
+                return check(name, tower.head, impl, make=tower.build)
+
+            row = _checked_row(name, tower.head, impl, run, extra={"inputs": tower.inputs})
+            if row is not None:
+                rows.append(row)
         if on_tower is not None:
             on_tower(rows)
     return rows
