@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.results_tables import ARMS
 from hf_sparseout.sweep.grid import GridPoint
 from hf_sparseout.sweep.report import aggregate
 from hf_sparseout.sweep.run import read_record
@@ -55,14 +56,7 @@ def test_report_tables_show_the_summary(name):
 # ---- v2: the regime where regularisation matters (issue 14), one sweep directory per arm ----
 
 V2 = DOCS / "results" / "v2"
-V2_ARMS = {
-    "p0": "p = 0 (control)",
-    "dropout": "dropout",
-    "raw": "raw Sparseout",
-    "matched": "matched Sparseout",
-    "lq_1": "L_q penalty w = 1",
-    "lq_10": "L_q penalty w = 10",
-}
+V2_ARMS = ARMS  # directory -> the label in the report's first column (the cells are formatted here, independently)
 V2_RUNS = {"p0": 3, "dropout": 6, "raw": 9, "matched": 9, "lq_1": 3, "lq_10": 3}
 
 
