@@ -245,14 +245,13 @@ def finetune(args: FinetuneArgs, end_training: bool = True) -> FinetuneOutcome:
     results = [run(inputs, "sparseout", args.q, penalty=True)]
     for name in control_runs(args.baseline):
         results.append(run(inputs, name, 2.0, p=0.0 if name == "p0" else None))
-    save_final(results[0], accelerator, tokenizer, out)
-    for result in results[1:]:
-        save_final(result, accelerator, tokenizer, out / result.name)
+    directories = [out, *(out / result.name for result in results[1:])]  # the main run's model at the top
+    for result, directory in zip(results, directories, strict=True):
+        save_final(result, accelerator, tokenizer, directory)
     files: dict[str, str] = {}
     if accelerator.is_main_process:
-        for i, result in enumerate(results):
+        for result, directory in zip(results, directories, strict=True):
             if result.curve is not None:  # thresholds saved with the model they were calibrated on
-                directory = out if i == 0 else out / result.name  # where save_final put that model
                 files[f"thresholds_{result.name}"] = str(save_thresholds(result.curve, directory))
         files["metrics"] = str(reporting.write_metrics(out, args, results, task, source, accelerator.num_processes))
         files.update({k: str(out / v) for k, v in reporting.write_plots(out, results, task).items()})
