@@ -49,11 +49,13 @@ def test_penalty_axis_sets_weight_and_exponent_per_run():
         ({"lq_penalties": [1.0, 1.0]}, "--lq-penalty lists 1 twice"),
         ({"lq_penalties": [-1.0, 1.0]}, ">= 0"),
         ({"lq_penalties": [float("inf"), 1.0]}, "finite"),
+        ({"noises": ["raw", "matched"], "qs": [2.0]}, "no effect at q = 2"),  # an axis that changes nothing
     ],
 )
 def test_bad_axis_values_are_usage_errors(kwargs, expect):
+    qs = kwargs.pop("qs", [1.0])
     with pytest.raises(UsageError, match=expect):
-        grid(FinetuneArgs(), [1.0], [0.1], [0], **kwargs)
+        grid(FinetuneArgs(), qs, [0.1], [0], **kwargs)
 
 
 def _record(q, seed, throughput, noise=None, lq=None, ppl=10.0):

@@ -135,6 +135,10 @@ def grid(
     if noises is not None:
         _check_unique(list(noises), "--noise")
         parse_noise(noises)
+        if all(q == BASELINE_Q for q in qs):
+            raise UsageError(
+                "--noise has no effect at q = 2 (it is plain dropout in every noise mode)", "add a q other than 2"
+            )
     if lq_penalties is not None:
         _check_unique(list(lq_penalties), "--lq-penalty", lambda v: f"{v:g}")
         for w in lq_penalties:
