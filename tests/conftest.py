@@ -32,8 +32,7 @@ def _fresh_accelerate_state() -> Iterator[None]:
 @pytest.fixture
 def hub(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     """The fake Hub behind huggingface_hub's shared client; a token in HF_TOKEN; no token file."""
-    import httpx2
-    from fake_hub import TOKEN, FakeHub
+    from fake_hub import TOKEN, FakeHub, httpx2
     from huggingface_hub import constants, set_client_factory
     from huggingface_hub.utils._http import default_client_factory, hf_request_event_hook
 

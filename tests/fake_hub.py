@@ -1,8 +1,9 @@
 """A recording stand-in for the Hub's HTTP API, behind huggingface_hub's real HfApi code.
 
-huggingface_hub 2.x sends every request through one shared ``httpx2.Client`` made by a factory
-(``huggingface_hub.set_client_factory``); the ``hub`` fixture (tests/conftest.py) gives it a
-``MockTransport`` whose handler is :class:`FakeHub`. Nothing leaves the machine.
+huggingface_hub sends every request through one shared client made by a factory
+(``huggingface_hub.set_client_factory``): an ``httpx2.Client`` in huggingface_hub 2.x, an ``httpx.Client``
+in 1.x (the lowest versions CI tests, .ci/lowest_versions). The ``hub`` fixture (tests/conftest.py) gives
+it a ``MockTransport`` whose handler is :class:`FakeHub`. Nothing leaves the machine.
 """
 
 from __future__ import annotations
@@ -11,7 +12,10 @@ import base64
 import json
 import re
 
-import httpx2
+from huggingface_hub.utils import _http
+
+# the HTTP library huggingface_hub itself uses: httpx2 (2.x) or httpx (1.x)
+httpx2 = _http.httpx2 if hasattr(_http, "httpx2") else _http.httpx
 
 TOKEN = "hf_FakeTokenForTests0123456789"
 UPLOADED = {
@@ -78,3 +82,14 @@ class FakeHub:
 
     def paths(self) -> list[str]:
         return [f"{r.method} {r.url.path}" for r in self.requests]
+
+
+def requested_visibility(create: dict) -> str | None:
+    """The visibility a create-repo request body asked for ("private"/"public"), None for the default.
+
+    huggingface_hub 2.x sends ``visibility``, 1.x a boolean ``private``.
+    """
+    if "visibility" in create:
+        return create["visibility"]
+    private = create.get("private")
+    return None if private is None else ("private" if private else "public")

@@ -14,6 +14,7 @@ from dropout_oracle import count_applications
 import hf_sparseout
 from hf_sparseout import SparseoutConfig
 from hf_sparseout.patcher.config import CONFIG_FORMAT_VERSION
+from hf_sparseout.training.modeling import enable_checkpointing
 
 
 def _gpt2():
@@ -204,7 +205,7 @@ def test_unpatch_restores_gradient_checkpointing_function():
     inputs = {**batch(model), "use_cache": False}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        enable_checkpointing(model)  # transformers' API of the installed version
     layer = model.model.decoder.layers[0]
     original = layer._gradient_checkpointing_func
     hf_sparseout.patch(model, SparseoutConfig(q=1.5), example_inputs=inputs)

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from fake_hub import TOKEN, UPLOADED
+from fake_hub import TOKEN, UPLOADED, requested_visibility
 from huggingface_hub import constants
 from run_dirs import write_run_dir
 
@@ -51,7 +51,7 @@ def test_push_sends_repo_files_revision_and_message(hub, tmp_path):
     assert result.pushed and result.repo_id == "my-org/gpt2-sparseout"
     create = json.loads(hub.find("/api/repos/create").content)
     assert create["name"] == "gpt2-sparseout" and create["organization"] == "my-org"
-    assert create["visibility"] == "private"
+    assert requested_visibility(create) == "private"
     assert "POST /api/models/my-org/gpt2-sparseout/branch/q1.5-exp" in hub.paths()
     assert "POST /api/models/my-org/gpt2-sparseout/preupload/q1.5-exp" in hub.paths()
     [commit] = hub.commits
@@ -81,7 +81,7 @@ def test_push_to_main_in_the_users_namespace(hub, tmp_path):
     [commit] = hub.commits
     assert commit["repo_id"] == "fake-user/tiny-sparseout" and commit["revision"] == "main"
     assert commit["header"]["summary"].startswith("Upload Sparseout checkpoint (q=1.5)")
-    assert json.loads(hub.find("/api/repos/create").content).get("visibility") is None  # org/user default
+    assert requested_visibility(json.loads(hub.find("/api/repos/create").content)) is None  # org/user default
 
 
 def test_a_hand_written_card_is_kept(hub, tmp_path):

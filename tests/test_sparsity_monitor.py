@@ -23,6 +23,7 @@ from hf_sparseout.metrics import (
     relative_near_zero_fraction,
     zero_fraction,
 )
+from hf_sparseout.training.modeling import enable_checkpointing
 
 METRICS = ("hoyer", "l1_l2_ratio", "zero_fraction", "near_zero_fraction", "relative_near_zero_fraction", "mean_abs")
 
@@ -186,7 +187,7 @@ def test_state_size_is_constant_over_batches():
 
 def test_gradient_checkpoint_recomputation_is_not_counted_twice():
     model = patched()
-    model.activation_checkpointing_enable()
+    enable_checkpointing(model)  # transformers' API of the installed version
     model.train()
     ids = torch.randint(0, 64, (2, 6))
     with SparsityMonitor(model) as monitor:
