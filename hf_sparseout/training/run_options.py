@@ -56,9 +56,18 @@ def effective_options(args: FinetuneArgs) -> dict[str, Any]:
 
 def write_run_options(directory: Path, args: FinetuneArgs) -> Path:
     """Write ``run_options.json`` (the effective options) into a run's directory; returns its path."""
+    Path(directory).mkdir(parents=True, exist_ok=True)
     path = Path(directory) / RUN_OPTIONS_FILE
     path.write_text(json.dumps({"format": FORMAT, "options": effective_options(args)}, indent=2))
     return path
+
+
+def start_run_record(directory: Path, args: FinetuneArgs) -> None:
+    """When a run starts: its ``run_options.json``; a fresh run also removes the ``metrics.json`` of the run it
+    replaces (a summary there would mark this run finished, with the other run's options and metrics)."""
+    if not args.resume_from_checkpoint:
+        (Path(directory) / "metrics.json").unlink(missing_ok=True)
+    write_run_options(directory, args)
 
 
 def options_from_dict(values: dict[str, Any]) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from hf_sparseout.training.args import FinetuneArgs, UsageError
 from hf_sparseout.training.data import infer_task, load_raw, pick_splits, prepare, text_column
 from hf_sparseout.training.loop import RunInputs, RunResult, run, save_final, sparseout_config
 from hf_sparseout.training.modeling import build_model, default_model, load_tokenizer, train_tokenizer
+from hf_sparseout.training.run_options import start_run_record
 from hf_sparseout.training.threshold_curve import save_thresholds
 
 if TYPE_CHECKING:
@@ -241,6 +242,8 @@ def finetune(args: FinetuneArgs, end_training: bool = True) -> FinetuneOutcome:
         task=task,
         num_labels=prepared.num_labels,
     )
+    if accelerator.is_main_process:  # what this run is trained with, before it starts (sweeps compare it)
+        start_run_record(out, args)
     # The controls share the seed, data order and sites; only the main run gets --lq-penalty.
     results = [run(inputs, "sparseout", args.q, penalty=True)]
     for name in control_runs(args.baseline):
