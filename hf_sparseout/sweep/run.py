@@ -3,6 +3,7 @@
 Layout of the output directory::
 
     sweep_args.json          the shared finetune options of the last command (marks a sweep directory)
+    .hf-sparseout.lock       while a sweep runs: its lock (outdir_lock.py); each run holds its own too
     p0.1/q1.5/seed0/         one finetune output directory per run (grid.py: a level per axis given)
     sweep.json sweep.md sweep.png sweep_sites.png   the summaries (report.py)
 
@@ -27,6 +28,7 @@ from typing import Any
 
 from hf_sparseout.logs import get_logger, log_prefix
 from hf_sparseout.optional import MATPLOTLIB, require
+from hf_sparseout.outdir_lock import entries, hold_output_dir, refuse_if_held
 from hf_sparseout.sweep.grid import BASELINE_Q, DEFAULT_QS, GridPoint, grid, point_args
 from hf_sparseout.sweep.report import FILES, aggregate, write_markdown, write_plot, write_site_plot
 from hf_sparseout.training import checkpoints
@@ -88,9 +90,7 @@ def _shared_options(args: FinetuneArgs) -> dict[str, Any]:
 
 
 def _check_output_dir(root: Path, args: FinetuneArgs, points: list[GridPoint]) -> None:
-    if root.exists() and not root.is_dir():
-        raise UsageError(f"--output-dir {str(root)!r} is a file", "choose a directory path")
-    if args.overwrite_output_dir or not root.is_dir() or not any(root.iterdir()):
+    if args.overwrite_output_dir or not root.is_dir() or not entries(root):
         return
     if not (root / ARGS_FILE).is_file():
         raise UsageError(
@@ -202,13 +202,19 @@ def sweep(
     args.lq_q = lq_q
     points = grid(args, qs, ps, seeds, noises, lq_penalties)
     root = Path(args.output_dir).expanduser()
-    _check_output_dir(root, args, points)
+    if root.exists() and not root.is_dir():
+        raise UsageError(f"--output-dir {str(root)!r} is a file", "choose a directory path")
     require("matplotlib", feature="the sweep's plots", install=MATPLOTLIB)  # before any run
 
     state = PartialState(cpu=not torch.cuda.is_available())
-    status = _run_grid(args, points, root, state)
-    axes = {"q": list(qs), "p": ps, "seeds": list(seeds), "noise": noises, "lq_penalty": lq_penalties}
-    result = _summarise(args, axes, points, root, status, state)
+    # one writer: the root is held for the sweep's lifetime (its runs hold their own directories inside it)
+    with hold_output_dir(root, main_process=state.is_main_process):
+        for pt in points:  # a finetune started by hand into one of this sweep's run directories
+            refuse_if_held(root / pt.relative_dir)
+        _check_output_dir(root, args, points)
+        status = _run_grid(args, points, root, state)
+        axes = {"q": list(qs), "p": ps, "seeds": list(seeds), "noise": noises, "lq_penalty": lq_penalties}
+        result = _summarise(args, axes, points, root, status, state)
     if state.use_distributed:
         state.wait_for_everyone()
         state.destroy_process_group()
