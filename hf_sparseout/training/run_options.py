@@ -62,14 +62,6 @@ def write_run_options(directory: Path, args: FinetuneArgs) -> Path:
     return path
 
 
-def start_run_record(directory: Path, args: FinetuneArgs) -> None:
-    """When a run starts: its ``run_options.json``; a fresh run also removes the ``metrics.json`` of the run it
-    replaces (a summary there would mark this run finished, with the other run's options and metrics)."""
-    if not args.resume_from_checkpoint:
-        (Path(directory) / "metrics.json").unlink(missing_ok=True)
-    write_run_options(directory, args)
-
-
 def options_from_dict(values: dict[str, Any]) -> dict[str, Any]:
     """The effective options of a ``FinetuneArgs.to_dict()`` (``metrics.json``'s ``args``); unknown keys dropped."""
     known = {f.name for f in dataclasses.fields(FinetuneArgs)}

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from hf_sparseout.errors import HfSparseoutError
 from hf_sparseout.hub import write_model_card
 from hf_sparseout.integrations.distributed import check_launch
 from hf_sparseout.logs import get_logger
@@ -17,7 +18,7 @@ from hf_sparseout.training.args import FinetuneArgs, UsageError
 from hf_sparseout.training.data import infer_task, load_raw, pick_splits, prepare, text_column
 from hf_sparseout.training.loop import RunInputs, RunResult, run, save_final, sparseout_config
 from hf_sparseout.training.modeling import build_model, default_model, load_tokenizer, train_tokenizer
-from hf_sparseout.training.run_options import start_run_record
+from hf_sparseout.training.run_options import RUN_OPTIONS_FILE, write_run_options
 from hf_sparseout.training.threshold_curve import save_thresholds
 
 if TYPE_CHECKING:
@@ -259,11 +260,16 @@ def _train(args: FinetuneArgs, out: Path, end_training: bool) -> FinetuneOutcome
         num_labels=prepared.num_labels,
     )
     if accelerator.is_main_process:  # what this run is trained with, before it starts (sweeps compare it)
-        start_run_record(out, args)
-    # The controls share the seed, data order and sites; only the main run gets --lq-penalty.
-    results = [run(inputs, "sparseout", args.q, penalty=True)]
-    for name in control_runs(args.baseline):
-        results.append(run(inputs, name, 2.0, p=0.0 if name == "p0" else None))
+        write_run_options(out, args)
+    try:
+        # The controls share the seed, data order and sites; only the main run gets --lq-penalty.
+        results = [run(inputs, "sparseout", args.q, penalty=True)]
+        for name in control_runs(args.baseline):
+            results.append(run(inputs, name, 2.0, p=0.0 if name == "p0" else None))
+    except HfSparseoutError:  # bad input found while preparing a run (a pattern matching nothing): leave nothing
+        if accelerator.is_main_process and not _checkpoints_in(out):
+            (out / RUN_OPTIONS_FILE).unlink(missing_ok=True)
+        raise
     directories = [out, *(out / result.name for result in results[1:])]  # the main run's model at the top
     for result, directory in zip(results, directories, strict=True):
         save_final(result, accelerator, tokenizer, directory)
