@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from finetune_helpers import FAST, SINGLE, invoke, invoke_cli, write_text_corpus
+from finetune_helpers import FAST, LAUNCH, SINGLE, invoke, invoke_cli, write_text_corpus
 
 from hf_sparseout.outdir_lock import LOCK_FILE, OutputDirBusyError, hold_output_dir, holder, refuse_if_held
 
@@ -162,3 +162,17 @@ def test_a_second_sweep_is_refused_and_the_first_trains_every_run(tmp_path):
     summary = json.loads((root / "sweep.json").read_text())
     assert {r["seed"]: r["status"] for r in summary["runs"]} == {0: "trained", 1: "trained"}
     assert not list(root.rglob(LOCK_FILE))
+
+
+@pytest.mark.slow
+def test_a_second_accelerate_launch_is_refused(tmp_path):
+    """Under accelerate launch only the main process locks; a launch into a held directory is refused by it."""
+    data = write_text_corpus(tmp_path / "txt")
+    out = tmp_path / "out"
+    with another_holder(out):
+        before = _files(out)
+        command = [*LAUNCH, "--dataset", str(data), *TINY, "--max-steps", "1", "--output-dir", str(out)]
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=600)
+        assert _files(out) == before
+    assert proc.returncode != 0
+    assert "pid 4242" in " ".join((proc.stdout + proc.stderr).split())
