@@ -10,7 +10,7 @@ import pytest
 from finetune_helpers import FAST, invoke_cli, write_text_corpus
 
 from hf_sparseout.training.args import FinetuneArgs
-from hf_sparseout.training.run_options import effective_options, recorded_options, write_run_options
+from hf_sparseout.training.run_options import differing, effective_options, recorded_options, write_run_options
 from hf_sparseout_cli.finetune_cmd import args_from_params
 from hf_sparseout_cli.sweep_cmd import parse_finetune_options
 
@@ -45,6 +45,20 @@ def test_spelled_out_defaults_and_unused_options_are_not_differences():
         assert effective_options(args) == effective_options(base)
     for change in ({"noise": "matched"}, {"lq_q": 2.0}, {"max_steps": 6}, {"seed": 1}, {"p": 0.2}):
         assert effective_options(dataclasses.replace(base, **change)) != effective_options(base), change
+
+
+def test_an_inferred_task_matches_the_same_task_spelled_out(tmp_path):
+    args = FinetuneArgs(max_steps=2)  # --task inferred from the data
+    write_run_options(tmp_path / "interrupted", args, task="causal-lm")
+    finished = tmp_path / "finished"
+    finished.mkdir()
+    metrics = {"task": "causal-lm", "args": args.to_dict(), "summary": [{"run": "sparseout"}]}
+    (finished / "metrics.json").write_text(json.dumps(metrics, default=str))
+    for run in (tmp_path / "interrupted", finished):
+        recorded = recorded_options(run)
+        assert differing(recorded, effective_options(args)) == []  # inferred again from the same data
+        assert differing(recorded, effective_options(dataclasses.replace(args, task="causal-lm"))) == []
+        assert differing(recorded, effective_options(dataclasses.replace(args, task="classification"))) == ["task"]
 
 
 def test_a_finished_run_with_other_options_is_refused_before_anything_runs(tmp_path):
@@ -115,7 +129,7 @@ def test_a_default_spelled_out_resumes_the_same_sweep(tmp_path):
     common = ["--q", "1.5", "--no-baseline", "--seeds", "1", "--lq-penalty", "0,2", "--dataset", str(data), *TINY]
     first = invoke_cli("sweep", *common, "--output-dir", str(root))
     assert first.exit_code == 0, first.output[-3000:]
-    again = invoke_cli("sweep", *common, "--lq-q", "1", "--output-dir", str(root))
+    again = invoke_cli("sweep", *common, "--lq-q", "1", "--task", "causal-lm", "--output-dir", str(root))
     assert again.exit_code == 0, again.output[-3000:]
     summary = json.loads((root / "sweep.json").read_text())
     assert [r["status"] for r in summary["runs"]] == ["skipped", "skipped"]

@@ -54,11 +54,13 @@ def effective_options(args: FinetuneArgs) -> dict[str, Any]:
     return options
 
 
-def write_run_options(directory: Path, args: FinetuneArgs) -> Path:
-    """Write ``run_options.json`` (the effective options) into a run's directory; returns its path."""
+def write_run_options(directory: Path, args: FinetuneArgs, task: str | None = None) -> Path:
+    """Write ``run_options.json`` (the effective options, with the task inferred from the data when ``args``
+    has none) into a run's directory; returns its path."""
     Path(directory).mkdir(parents=True, exist_ok=True)
     path = Path(directory) / RUN_OPTIONS_FILE
-    path.write_text(json.dumps({"format": FORMAT, "options": effective_options(args)}, indent=2))
+    options = {**effective_options(args), "task": args.task or task}
+    path.write_text(json.dumps({"format": FORMAT, "options": options}, indent=2))
     return path
 
 
@@ -75,7 +77,7 @@ def recorded_options(run_dir: Path) -> dict[str, Any] | None:
     try:
         metrics = json.loads((run_dir / "metrics.json").read_text())
         if metrics.get("summary") and isinstance(metrics.get("args"), dict):
-            return options_from_dict(metrics["args"])
+            return {**options_from_dict(metrics["args"]), "task": metrics["args"].get("task") or metrics.get("task")}
     except (OSError, ValueError, TypeError):
         pass
     try:
@@ -85,5 +87,11 @@ def recorded_options(run_dir: Path) -> dict[str, Any] | None:
 
 
 def differing(recorded: dict[str, Any], expected: dict[str, Any]) -> list[str]:
-    """The option names whose values differ between two effective-option dicts (sorted)."""
-    return sorted(k for k in set(recorded) | set(expected) if recorded.get(k) != expected.get(k))
+    """The option names whose values differ between a run's record and what a command would train it with
+    (sorted). The record holds the task the run inferred; a command without ``--task`` infers it again
+    from the same data (``dataset`` and the columns are compared), so the task is compared only when given."""
+    return sorted(
+        k
+        for k in set(recorded) | set(expected)
+        if recorded.get(k) != expected.get(k) and not (k == "task" and expected.get(k) is None)
+    )

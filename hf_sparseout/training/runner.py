@@ -260,7 +260,7 @@ def _train(args: FinetuneArgs, out: Path, end_training: bool) -> FinetuneOutcome
         num_labels=prepared.num_labels,
     )
     if accelerator.is_main_process:  # what this run is trained with, before it starts (sweeps compare it)
-        write_run_options(out, args)
+        write_run_options(out, args, task)
     try:
         # The controls share the seed, data order and sites; only the main run gets --lq-penalty.
         results = [run(inputs, "sparseout", args.q, penalty=True)]
