@@ -154,8 +154,12 @@ def sweep(
 
     Rerunning the same command resumes: runs with a metrics.json are skipped,
     unfinished ones restart, or continue from their latest checkpoint when
-    trained with --save-steps. Under accelerate launch every process runs
-    every run in the same order; the main process writes the summary.
+    trained with --save-steps. A run trained with other options than this
+    command gives it is an error (exit 2, naming runs and options), never
+    skipped or mixed in; --overwrite-output-dir retrains. One writer per
+    directory: a second sweep (or a finetune into a run) is refused while
+    this one runs. Under accelerate launch every process runs every run in
+    the same order; the main process writes the summary.
 
     Examples:
 

@@ -21,6 +21,7 @@ from typing import Any
 
 from hf_sparseout.errors import UsageError
 from hf_sparseout.training.args import NOISE_MODES, FinetuneArgs
+from hf_sparseout.training.run_options import effective_noise
 
 BASELINE_Q = 2.0
 DEFAULT_QS = (1.0, 1.5, 2.0, 2.5, 3.0)
@@ -107,6 +108,8 @@ def point_args(args: FinetuneArgs, point: GridPoint) -> FinetuneArgs:
     changes: dict[str, Any] = {"q": point.q, "p": point.p, "seed": point.seed}
     if point.noise is not None:
         changes["noise"] = point.noise
+    if effective_noise(changes.get("noise", args.noise), point.q, point.p) != changes.get("noise", args.noise):
+        changes["noise"] = "raw"  # q = 2 or p = 0: matched is raw noise (or none), which finetune refuses
     if point.lq_penalty is not None:
         weight = point.lq_penalty or None  # 0 on the axis: no penalty
         changes.update(lq_penalty=weight, lq_q=args.lq_q if weight else None)
@@ -158,6 +161,11 @@ def grid(
                 for noise in [None] if noises is None else noises:
                     for q in all_qs:
                         points[GridPoint(p, q, seed, None if q == BASELINE_Q else noise, weight)] = None
+    if noises is None and args.noise == "matched" and all(point_args(args, pt).noise != "matched" for pt in points):
+        raise UsageError(
+            "--noise matched has no effect: every run of this grid is plain dropout (q = 2) or has p = 0",
+            "add a q other than 2 (and a p > 0), or drop --noise matched",
+        )
     for point in points:
         run_args = point_args(args, point)
         run_args.validate()

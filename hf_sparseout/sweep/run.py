@@ -2,7 +2,8 @@
 
 Layout of the output directory::
 
-    sweep_args.json          the shared finetune options (a resumed sweep must use the same ones)
+    sweep_args.json          the shared finetune options of the last command (marks a sweep directory)
+    .hf-sparseout.lock       while a sweep runs: its lock (outdir_lock.py); each run holds its own too
     p0.1/q1.5/seed0/         one finetune output directory per run (grid.py: a level per axis given)
     sweep.json sweep.md sweep.png sweep_sites.png   the summaries (report.py)
 
@@ -10,7 +11,9 @@ The dropout baseline is the run at q = 2 (finetune's baseline is the same patch 
 the same training run): when 2 is in the grid it serves as the baseline, otherwise (unless
 ``args.baseline`` is False) a q = 2 run is added for every p and seed. A run is finished when its
 ``metrics.json`` holds a summary; an unfinished run restarts from scratch, or resumes from its latest
-checkpoint when it has one (train with ``save_steps`` for that). Under ``accelerate launch`` every
+checkpoint when it has one (train with ``save_steps`` for that). A run is skipped or resumed only when
+the options it was trained with (``run_options.py``) are those this command gives it; otherwise the sweep
+stops before training anything (``--overwrite-output-dir`` retrains every run). Under ``accelerate launch`` every
 process runs every sub-run in the same order and only the main process writes files.
 """
 
@@ -25,11 +28,13 @@ from typing import Any
 
 from hf_sparseout.logs import get_logger, log_prefix
 from hf_sparseout.optional import MATPLOTLIB, require
+from hf_sparseout.outdir_lock import entries, hold_output_dir, refuse_if_held
 from hf_sparseout.sweep.grid import BASELINE_Q, DEFAULT_QS, GridPoint, grid, point_args
 from hf_sparseout.sweep.report import FILES, aggregate, write_markdown, write_plot, write_site_plot
 from hf_sparseout.training import checkpoints
 from hf_sparseout.training.args import FinetuneArgs, UsageError
 from hf_sparseout.training.reporting import headline
+from hf_sparseout.training.run_options import differing, effective_options, recorded_options
 
 logger = get_logger(__name__)
 
@@ -85,30 +90,36 @@ def _shared_options(args: FinetuneArgs) -> dict[str, Any]:
 
 
 def _check_output_dir(root: Path, args: FinetuneArgs, points: list[GridPoint]) -> None:
-    if root.exists() and not root.is_dir():
-        raise UsageError(f"--output-dir {str(root)!r} is a file", "choose a directory path")
-    if args.overwrite_output_dir or not root.is_dir() or not any(root.iterdir()):
+    if args.overwrite_output_dir or not root.is_dir() or not entries(root):
         return
-    stored = root / ARGS_FILE
-    if not stored.is_file():
+    if not (root / ARGS_FILE).is_file():
         raise UsageError(
             f"output directory {str(root)!r} is not empty and holds no sweep ({ARGS_FILE} is missing)",
             "choose another --output-dir, or pass --overwrite-output-dir to write into it",
         )
-    try:
-        previous = json.loads(stored.read_text())
-    except ValueError:
-        previous = None
-    current = json.loads(json.dumps(_shared_options(args), default=str))
-    if previous == current:
-        return
-    started = [pt.relative_dir for pt in points if _run_state(root / pt.relative_dir, False) != "fresh"]
-    if started:  # finished or checkpointed runs were trained with other options
-        changed = sorted(k for k in set(current) | set(previous or {}) if (previous or {}).get(k) != current.get(k))
+    _check_recorded_options(root, args, points)
+
+
+def _check_recorded_options(root: Path, args: FinetuneArgs, points: list[GridPoint]) -> None:
+    """Every run the sweep would skip, resume or aggregate was trained with this command's options for it."""
+    mismatched = []
+    for pt in points:
+        run_dir = root / pt.relative_dir
+        if _run_state(run_dir, False) == "fresh":
+            continue  # trained from scratch
+        expected = effective_options(point_args(args, pt))
+        recorded = recorded_options(run_dir)
+        if recorded is None:
+            mismatched.append(f"{pt.relative_dir} (its options are not recorded)")
+        elif changed := differing(recorded, expected):
+            values = ", ".join(f"{k} ({recorded.get(k)}, this command {expected.get(k)})" for k in changed)
+            mismatched.append(f"{pt.relative_dir} differs in: {values}")
+    if mismatched:
+        shown = "; ".join(mismatched[:5]) + (f"; and {len(mismatched) - 5} more" if len(mismatched) > 5 else "")
         raise UsageError(
-            f"{str(root)!r} holds a sweep with other finetune options (differs in: {', '.join(changed)}); "
-            f"runs already there: {', '.join(started[:3])}{', ...' if len(started) > 3 else ''}",
-            "resume with the same options, choose another --output-dir, or pass --overwrite-output-dir to retrain",
+            f"{str(root)!r} holds runs trained with other options than this command's: {shown}",
+            "rerun with the options they were trained with, choose another --output-dir, "
+            "or pass --overwrite-output-dir to retrain every run",
         )
 
 
@@ -191,13 +202,19 @@ def sweep(
     args.lq_q = lq_q
     points = grid(args, qs, ps, seeds, noises, lq_penalties)
     root = Path(args.output_dir).expanduser()
-    _check_output_dir(root, args, points)
+    if root.exists() and not root.is_dir():
+        raise UsageError(f"--output-dir {str(root)!r} is a file", "choose a directory path")
     require("matplotlib", feature="the sweep's plots", install=MATPLOTLIB)  # before any run
 
     state = PartialState(cpu=not torch.cuda.is_available())
-    status = _run_grid(args, points, root, state)
-    axes = {"q": list(qs), "p": ps, "seeds": list(seeds), "noise": noises, "lq_penalty": lq_penalties}
-    result = _summarise(args, axes, points, root, status, state)
+    # one writer: the root is held for the sweep's lifetime (its runs hold their own directories inside it)
+    with hold_output_dir(root, main_process=state.is_main_process):
+        for pt in points:  # a finetune started by hand into one of this sweep's run directories
+            refuse_if_held(root / pt.relative_dir)
+        _check_output_dir(root, args, points)
+        status = _run_grid(args, points, root, state)
+        axes = {"q": list(qs), "p": ps, "seeds": list(seeds), "noise": noises, "lq_penalty": lq_penalties}
+        result = _summarise(args, axes, points, root, status, state)
     if state.use_distributed:
         state.wait_for_everyone()
         state.destroy_process_group()

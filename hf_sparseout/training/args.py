@@ -264,6 +264,9 @@ class FinetuneArgs:
             raise UsageError(f"--baseline must be one of {', '.join(BASELINES)}, got {self.baseline!r}")
         if self.noise not in NOISE_MODES:
             raise UsageError(f"--noise must be one of {', '.join(NOISE_MODES)}, got {self.noise!r}")
+        if self.noise == "matched" and (self.q == 2 or self.p == 0):
+            what = "plain dropout (q = 2: matched is raw noise)" if self.q == 2 else "the identity (p = 0: no noise)"
+            raise UsageError(f"--noise matched has no effect: this run is {what}", "drop --noise matched")
         if self.lq_penalty is not None and not (math.isfinite(self.lq_penalty) and self.lq_penalty > 0):
             raise UsageError(
                 f"--lq-penalty must be a finite weight > 0, got {self.lq_penalty}", "e.g. --lq-penalty 1e-3"

@@ -32,6 +32,7 @@ from hf_sparseout.training.args import FinetuneArgs, UsageError
 from hf_sparseout.training.diagnostics import EvalRecord, best_eval, grad_norm_summary, mean_since
 from hf_sparseout.training.evaluation import Batch, evaluate
 from hf_sparseout.training.modeling import check_input_length, enable_checkpointing
+from hf_sparseout.training.run_options import effective_noise
 from hf_sparseout.training.sparsity import make_monitor, summarize
 
 if TYPE_CHECKING:
@@ -188,7 +189,8 @@ def sparseout_config(args: FinetuneArgs, q: float, p: float | None = None) -> hf
     """
     extra: dict[str, str] = {}
     if "noise" in {f.name for f in dataclasses.fields(hf_sparseout.SparseoutConfig)}:
-        extra["noise"] = args.noise
+        # the controls of a matched run (q = 2, p = 0) have raw noise, or none: their config says raw
+        extra["noise"] = "matched" if effective_noise(args.noise, q, args.p if p is None else p) == "matched" else "raw"
     elif args.noise != "raw":
         raise UsageError(
             f"--noise {args.noise} needs the scale-matched Sparseout op, which this hf-sparseout build does not have",

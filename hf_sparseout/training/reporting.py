@@ -11,6 +11,7 @@ from hf_sparseout.optional import require_matplotlib
 from hf_sparseout.training.args import FinetuneArgs
 from hf_sparseout.training.diagnostics import EvalRecord
 from hf_sparseout.training.loop import RunResult
+from hf_sparseout.training.run_options import effective_noise
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -90,6 +91,7 @@ def write_metrics(
                 "q": r.q,
                 "p": r.p,
                 "lq_penalty": r.penalty,
+                "noise": effective_noise(args.noise, r.q, args.p if r.p is None else r.p),
                 **r.diagnostics(task),
                 "init": r.init,
                 "evals": r.evals,

@@ -7,15 +7,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from hf_sparseout.errors import HfSparseoutError
 from hf_sparseout.hub import write_model_card
 from hf_sparseout.integrations.distributed import check_launch
 from hf_sparseout.logs import get_logger
 from hf_sparseout.optional import MATPLOTLIB, require
+from hf_sparseout.outdir_lock import entries, hold_output_dir, refuse_if_held
 from hf_sparseout.training import checkpoints, reporting
 from hf_sparseout.training.args import FinetuneArgs, UsageError
 from hf_sparseout.training.data import infer_task, load_raw, pick_splits, prepare, text_column
 from hf_sparseout.training.loop import RunInputs, RunResult, run, save_final, sparseout_config
 from hf_sparseout.training.modeling import build_model, default_model, load_tokenizer, train_tokenizer
+from hf_sparseout.training.run_options import RUN_OPTIONS_FILE, write_run_options
 from hf_sparseout.training.threshold_curve import save_thresholds
 
 if TYPE_CHECKING:
@@ -63,16 +66,17 @@ def check_output_dir(args: FinetuneArgs) -> Path:
 
     Refuses a non-empty directory unless overwriting or resuming, a file, and a location this process
     cannot write (the directory itself, or its parent where the final save is staged) — so a run never
-    trains to the end and then fails to save. With ``--overwrite-output-dir`` the previous run's
-    checkpoints and baseline are removed; staging directories left by a killed save are removed.
+    trains to the end and then fails to save; a directory another process holds (``outdir_lock``) is
+    refused naming that process. Nothing is written or removed here (``clear_output_dir`` does, once held).
     """
-    from hf_sparseout.hub.save_load import check_writable, remove_stale_staging
+    from hf_sparseout.hub.save_load import check_writable
 
     out = Path(args.output_dir).expanduser()
     if out.exists() and not out.is_dir():
         raise UsageError(f"--output-dir {str(out)!r} is a file", "choose a directory path")
     out = out.resolve()
-    non_empty = out.is_dir() and any(out.iterdir())
+    refuse_if_held(out)  # another process writing here (or a sweep around it) is named before any other error
+    non_empty = out.is_dir() and bool(entries(out))
     if args.resume_from_checkpoint:
         if args.resume_from_checkpoint == "latest" and not _checkpoints_in(out):
             raise UsageError(
@@ -89,13 +93,20 @@ def check_output_dir(args: FinetuneArgs) -> Path:
             + ", or choose another --output-dir",
         )
     check_writable(out)
-    if non_empty and args.overwrite_output_dir and not args.resume_from_checkpoint:
+    return out
+
+
+def clear_output_dir(out: Path, args: FinetuneArgs) -> None:
+    """Under the output directory's lock: with ``--overwrite-output-dir`` (not resuming) the previous run's
+    checkpoints and controls are removed; staging directories left by a killed save are removed."""
+    from hf_sparseout.hub.save_load import remove_stale_staging
+
+    if args.overwrite_output_dir and not args.resume_from_checkpoint:
         for stale in ("checkpoints", *CONTROLS):
             shutil.rmtree(out / stale, ignore_errors=True)
     remove_stale_staging(out)
     for control in CONTROLS:
         remove_stale_staging(out / control)
-    return out
 
 
 def interrupted_message(args: FinetuneArgs) -> str:
@@ -195,8 +206,6 @@ def finetune(args: FinetuneArgs, end_training: bool = True) -> FinetuneOutcome:
     several fine-tunings in one process (``sweep``): torch cannot re-create the default process group
     from torchrun's store in the same process.
     """
-    from transformers import DataCollatorWithPadding, default_data_collator
-
     args.validate()
     args.resolve_defaults()
     try:
@@ -209,6 +218,15 @@ def finetune(args: FinetuneArgs, end_training: bool = True) -> FinetuneOutcome:
     out = check_output_dir(args)
     if args.push_to_hub:
         _check_push(args)
+    with hold_output_dir(out):  # one writer: a second finetune or sweep here is refused before it trains
+        clear_output_dir(out, args)
+        return _train(args, out, end_training)
+
+
+def _train(args: FinetuneArgs, out: Path, end_training: bool) -> FinetuneOutcome:
+    """``finetune`` once the output directory is checked and held: data, model, runs, files."""
+    from transformers import DataCollatorWithPadding, default_data_collator
+
     task = args.task or ("causal-lm" if args.dataset is None else None)
     raw, source, dataset_names = load_raw(args, task or "causal-lm")
     task = task or infer_task(raw, args)
@@ -241,10 +259,17 @@ def finetune(args: FinetuneArgs, end_training: bool = True) -> FinetuneOutcome:
         task=task,
         num_labels=prepared.num_labels,
     )
-    # The controls share the seed, data order and sites; only the main run gets --lq-penalty.
-    results = [run(inputs, "sparseout", args.q, penalty=True)]
-    for name in control_runs(args.baseline):
-        results.append(run(inputs, name, 2.0, p=0.0 if name == "p0" else None))
+    if accelerator.is_main_process:  # what this run is trained with, before it starts (sweeps compare it)
+        write_run_options(out, args, task)
+    try:
+        # The controls share the seed, data order and sites; only the main run gets --lq-penalty.
+        results = [run(inputs, "sparseout", args.q, penalty=True)]
+        for name in control_runs(args.baseline):
+            results.append(run(inputs, name, 2.0, p=0.0 if name == "p0" else None))
+    except HfSparseoutError:  # bad input found while preparing a run (a pattern matching nothing): leave nothing
+        if accelerator.is_main_process and not _checkpoints_in(out):
+            (out / RUN_OPTIONS_FILE).unlink(missing_ok=True)
+        raise
     directories = [out, *(out / result.name for result in results[1:])]  # the main run's model at the top
     for result, directory in zip(results, directories, strict=True):
         save_final(result, accelerator, tokenizer, directory)
