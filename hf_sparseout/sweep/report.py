@@ -18,6 +18,7 @@ from typing import Any
 
 from hf_sparseout.optional import require_matplotlib
 from hf_sparseout.sweep.grid import BASELINE_Q
+from hf_sparseout.sweep.stats import compare
 from hf_sparseout.training.reporting import CURVE_KEYS, headline
 
 FILES = {"json": "sweep.json", "markdown": "sweep.md", "plot": "sweep.png", "site_plot": "sweep_sites.png"}
@@ -49,6 +50,10 @@ DIAGNOSTIC_KEYS = (
     "grad_norm_median",
 )
 Cell = tuple[float | None, str | None, float | None, float]  # (p, noise, lq_penalty, q)
+# The metrics every cell is compared on with its controls (best_eval_<metric> is added per task).
+COMPARED = ("hoyer", "sparsity_at_1pct")
+DROPOUT, P0 = "dropout", "p=0"  # the controls' names in ``comparisons``
+STAT_HEADERS = ("mean diff", "95 % CI", "p", "test", "verdict")
 
 
 def _stats(values: list[float]) -> tuple[float | None, float | None]:
@@ -97,7 +102,7 @@ def aggregate(records: Iterable[Mapping[str, Any]], metric: str) -> list[dict[st
         row: dict[str, Any] = {"p": p, "q": q}
         if with_axes:
             row.update(noise=noise, lq_penalty=lq)
-        row.update(baseline=q == BASELINE_Q, n=len(group), seeds=sorted(r["seed"] for r in group))
+        row.update(baseline=q == BASELINE_Q and p != 0, n=len(group), seeds=sorted(r["seed"] for r in group))
         for key in (metric, f"best_eval_{metric}", *SUMMARISED):
             mean, std = _stats([float(r[key]) for r in group if r.get(key) is not None])
             row[f"{key}_mean"], row[f"{key}_std"] = mean, std
@@ -115,8 +120,42 @@ def aggregate(records: Iterable[Mapping[str, Any]], metric: str) -> list[dict[st
                 if value is not None:
                     sites.setdefault(site, []).append(float(value))
         row["site_hoyer"] = {s: dict(zip(("mean", "std"), _stats(v), strict=True)) for s, v in sites.items()}
+        row["comparisons"] = _comparisons((p, noise, lq, q), groups, (f"best_eval_{metric}", *COMPARED), with_axes)
         rows.append(row)
     return rows
+
+
+def controls(cell: Cell, with_lq_axis: bool) -> dict[str, Cell]:
+    """The control cells of ``cell`` by name: ``dropout`` (q = 2 at the same p and penalty; not for p = 0
+    or a q = 2 cell) and ``p=0`` (the p = 0 cell without penalty; not for that cell itself)."""
+    p, _, lq, q = cell
+    out: dict[str, Cell] = {}
+    if p != 0 and q != BASELINE_Q:
+        out[DROPOUT] = (p, None, lq, BASELINE_Q)
+    control = (0.0, None, 0.0 if with_lq_axis else None, BASELINE_Q)
+    if cell != control:
+        out[P0] = control
+    return out
+
+
+def _comparisons(
+    cell: Cell, groups: Mapping[Cell, list[Mapping[str, Any]]], keys: Iterable[str], with_axes: bool
+) -> list[dict[str, Any]]:
+    """``stats.compare`` of ``cell`` against each control present, for each key both sides recorded."""
+    with_lq_axis = with_axes and any(c[2] is not None for c in groups)
+    out = []
+    for name, other in controls(cell, with_lq_axis).items():
+        if other not in groups:
+            continue
+        for key in keys:
+            mine, theirs = (_by_seed(groups[c], key) for c in (cell, other))
+            if mine and theirs:
+                out.append({"against": name, "metric": key, **compare(mine, theirs, key)})
+    return out
+
+
+def _by_seed(group: list[Mapping[str, Any]], key: str) -> dict[int, float]:
+    return {r["seed"]: float(r[key]) for r in group if r.get(key) is not None}
 
 
 def format_mean_std(mean: float | None, std: float | None) -> str:
@@ -177,15 +216,50 @@ def lead_cells(row: Mapping[str, Any], columns: list[str]) -> list[str]:
     return [values[c] for c in columns]
 
 
-def _q_cell(row: Mapping[str, Any]) -> str:
-    return f"{row['q']:g}" + (" (dropout baseline)" if row["baseline"] else "")
+def q_cell(row: Mapping[str, Any], dropout: str = " (dropout baseline)") -> str:
+    """The q of a summary row: ``–`` at p = 0 (q means nothing at identity sites), the dropout row marked."""
+    if row["p"] == 0:
+        return f"– ({P0})"
+    return f"{row['q']:g}" + (dropout if row["baseline"] else "")
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "" if value is None else format(value, spec)
+
+
+def comparison_lines(result: Any) -> list[str]:
+    """sweep.md's section of paired statistics: each cell against each of its controls."""
+    if not any(r.get("comparisons") for r in result.summary):
+        return []
+    lead = lead_columns(result.summary)
+    lines = [
+        "",
+        "## Against the controls",
+        "",
+        f"Each cell minus its control: {DROPOUT} (q = 2 at the same p and penalty) and {P0} (every site at p = 0, "
+        "attention probabilities included: no noise anywhere). paired-t: a t-test on the per-seed differences "
+        "(both sides ran the same seeds); welch-t: Welch's t-test otherwise. Verdict at p < 0.05 in the metric's "
+        "direction (perplexity and loss: lower is better; Hoyer: sparser/denser; sparsity at +1 %: more/less "
+        "prunable); one seed: no test.",
+        "",
+        "| " + " | ".join([*lead, "q", "against", "metric", "n", *STAT_HEADERS]) + " |",
+        "|---" * (len(lead) + 10) + "|",
+    ]
+    for r in result.summary:
+        for c in r.get("comparisons") or []:
+            ci = c["ci95"]
+            cells = [*lead_cells(r, lead), q_cell(r), c["against"], c["metric"], str(c["n"])]
+            cells += [f"{c['mean_diff']:+.4g}", "" if ci is None else f"[{ci[0]:+.4g}, {ci[1]:+.4g}]"]
+            cells += [_fmt(c["p_value"], ".2g"), c["test"], c["verdict"]]
+            lines.append("| " + " | ".join(cells) + " |")
+    return lines
 
 
 def _table(result: Any, header: list[str], keys: list[str]) -> list[str]:
     lead = lead_columns(result.summary)
     lines = ["| " + " | ".join([*lead, "q", "n", *header]) + " |", "|---" * (len(lead) + 2 + len(header)) + "|"]
     for r in result.summary:
-        cells = [*lead_cells(r, lead), _q_cell(r), str(r["n"])]
+        cells = [*lead_cells(r, lead), q_cell(r), str(r["n"])]
         cells += [format_mean_std(r.get(f"{k}_mean"), r.get(f"{k}_std")) for k in keys]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
@@ -273,12 +347,13 @@ def write_markdown(path: Path, result: Any, options: Mapping[str, Any]) -> Path:
         "|---" * (len(lead) + 7) + "|",
     ]
     for r in result.summary:
-        cells = [*lead_cells(r, lead), _q_cell(r), str(r["n"])]
+        cells = [*lead_cells(r, lead), q_cell(r), str(r["n"])]
         cells += [format_mean_std(r.get(f"{k}_mean"), r.get(f"{k}_std")) for k in (m, "hoyer", "eval_loss")]
         thr = r.get("throughput_mean")
         cells.append("" if thr is None else f"{thr:.0f}")
         cells.append(format_mean_std(r.get("time_vs_dropout_mean"), r.get("time_vs_dropout_std")))
         lines.append("| " + " | ".join(cells) + " |")
+    lines += comparison_lines(result)
     lines += _diagnostic_lines(result)
     lines += _curve_lines(result)
     lines += ["", f"![sweep]({FILES['plot']})"]
