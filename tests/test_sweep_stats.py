@@ -160,4 +160,4 @@ def test_sweep_md_shows_the_verdicts(tmp_path):
     sparse = next(r for r in rows if r["q"] == 1.5)
     c = next(c for c in sparse["comparisons"] if c["against"] == "dropout" and c["metric"] == "best_eval_perplexity")
     ci = f"[{c['ci95'][0]:+.4g}, {c['ci95'][1]:+.4g}]"
-    assert f"| {c['mean_diff']:+.4g} | {ci} | {c['p_value']:.2g} | paired-t | worse |" in text
+    assert f"| {c['mean_diff']:+.4g} | {ci} | {c['statistic']:.3g} | {c['p_value']:.2g} | paired-t | worse |" in text

@@ -53,7 +53,7 @@ Cell = tuple[float | None, str | None, float | None, float]  # (p, noise, lq_pen
 # The metrics every cell is compared on with its controls (best_eval_<metric> is added per task).
 COMPARED = ("hoyer", "sparsity_at_1pct")
 DROPOUT, P0 = "dropout", "p=0"  # the controls' names in ``comparisons``
-STAT_HEADERS = ("mean diff", "95 % CI", "p", "test", "verdict")
+STAT_HEADERS = ("mean diff", "95 % CI", "t", "p", "test", "verdict")
 
 
 def _stats(values: list[float]) -> tuple[float | None, float | None]:
@@ -243,16 +243,20 @@ def comparison_lines(result: Any) -> list[str]:
         "prunable); one seed: no test.",
         "",
         "| " + " | ".join([*lead, "q", "against", "metric", "n", *STAT_HEADERS]) + " |",
-        "|---" * (len(lead) + 10) + "|",
+        "|---" * (len(lead) + 4 + len(STAT_HEADERS)) + "|",
     ]
     for r in result.summary:
         for c in r.get("comparisons") or []:
-            ci = c["ci95"]
             cells = [*lead_cells(r, lead), q_cell(r), c["against"], c["metric"], str(c["n"])]
-            cells += [f"{c['mean_diff']:+.4g}", "" if ci is None else f"[{ci[0]:+.4g}, {ci[1]:+.4g}]"]
-            cells += [_fmt(c["p_value"], ".2g"), c["test"], c["verdict"]]
-            lines.append("| " + " | ".join(cells) + " |")
+            lines.append("| " + " | ".join([*cells, *stat_cells(c)]) + " |")
     return lines
+
+
+def stat_cells(c: Mapping[str, Any]) -> list[str]:
+    """The cells of :data:`STAT_HEADERS` for one comparison (empty p, t and interval for one seed)."""
+    ci = c["ci95"]
+    cells = [f"{c['mean_diff']:+.4g}", "" if ci is None else f"[{ci[0]:+.4g}, {ci[1]:+.4g}]"]
+    return [*cells, _fmt(c.get("statistic"), ".3g"), _fmt(c["p_value"], ".2g"), c["test"], c["verdict"]]
 
 
 def _table(result: Any, header: list[str], keys: list[str]) -> list[str]:
