@@ -53,6 +53,10 @@ Cell = tuple[float | None, str | None, float | None, float]  # (p, noise, lq_pen
 # The metrics every cell is compared on with its controls (best_eval_<metric> is added per task).
 COMPARED = ("hoyer", "sparsity_at_1pct")
 DROPOUT, P0 = "dropout", "p=0"  # the controls' names in ``comparisons``
+P0_NOTE = (
+    "p = 0 (q shown as –): every site at p = 0, attention probabilities included: the no-noise control, trained "
+    "once per seed (and L_q penalty) whatever the q and noise axes."
+)
 STAT_HEADERS = ("mean diff", "95 % CI", "t", "p", "test", "verdict")
 
 
@@ -346,6 +350,7 @@ def write_markdown(path: Path, result: Any, options: Mapping[str, Any]) -> Path:
         f"q = {BASELINE_Q:g} is plain dropout at the same sites: the dropout baseline. "
         f"{unit} is training throughput; time vs dropout is the training time per unit relative to the "
         "q = 2 run of the same p and seed (1.25 = 25 % slower).",
+        *(["", P0_NOTE] if any(r["p"] == 0 for r in result.summary) else []),
         "",
         "| " + " | ".join([*lead, "q", "n", m, "hoyer", "eval_loss", unit, "time vs dropout"]) + " |",
         "|---" * (len(lead) + 7) + "|",

@@ -183,8 +183,9 @@ class OptimizerStep:
 def sparseout_config(args: FinetuneArgs, q: float, p: float | None = None) -> hf_sparseout.SparseoutConfig:
     """The patch for a run: the user's Sparseout options, with ``q`` (and ``p``, if given) for this run.
 
-    ``--noise`` is passed on when ``SparseoutConfig`` has a ``noise`` field (the scale-matched op of
-    issue 14); without it ``--noise matched`` is a usage error and ``raw`` is the op itself.
+    At p = 0 (the no-noise control) the attention probabilities are sites at p = 0 too, whatever
+    ``--attention`` says. ``--noise`` is passed on when ``SparseoutConfig`` has a ``noise`` field (the
+    scale-matched op of issue 14); without it ``--noise matched`` is a usage error and ``raw`` is the op itself.
     """
     extra: dict[str, str] = {}
     if "noise" in {f.name for f in dataclasses.fields(hf_sparseout.SparseoutConfig)}:
@@ -194,12 +195,13 @@ def sparseout_config(args: FinetuneArgs, q: float, p: float | None = None) -> hf
             f"--noise {args.noise} needs the scale-matched Sparseout op, which this hf-sparseout build does not have",
             "use --noise raw (the paper's op), or upgrade hf-sparseout",
         )
+    p = args.p if p is None else p
     return hf_sparseout.SparseoutConfig(
-        p=args.p if p is None else p,
+        p=p,
         q=q,
         targets=args.targets,
         exclude=args.exclude,
-        attention=args.attention,
+        attention="sparseout" if p == 0 else args.attention,  # p = 0: no noise, attention probabilities too
         insert=args.insert,
         gradient=args.gradient,
         **extra,
