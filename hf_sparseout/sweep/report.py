@@ -19,6 +19,7 @@ from typing import Any
 from hf_sparseout.optional import require_matplotlib
 from hf_sparseout.sweep.grid import BASELINE_Q
 from hf_sparseout.sweep.stats import compare
+from hf_sparseout.sweep.timing import MAX_LOAD_GAP, MAX_SPREAD, STEPS, THROUGHPUT, steady_state, time_vs_dropout
 from hf_sparseout.training.reporting import CURVE_KEYS, headline
 
 FILES = {"json": "sweep.json", "markdown": "sweep.md", "plot": "sweep.png", "site_plot": "sweep_sites.png"}
@@ -87,15 +88,14 @@ def aggregate(records: Iterable[Mapping[str, Any]], metric: str) -> list[dict[st
     axes. Each record needs ``p``, ``q``, ``seed`` and the metric, ``hoyer`` and ``eval_loss`` values
     (None or a missing key is left out of that statistic); the keys of :data:`SUMMARISED`,
     ``best_eval_<metric>`` and ``sites`` (site -> Hoyer) are optional. ``n`` is the number of seeds of
-    the cell. ``time_vs_dropout`` is the training time per token (or sample) relative to the q = 2 run
-    of the same p, penalty and seed (baseline throughput / throughput; 1.25 = 25 % slower than
-    dropout), averaged over the seeds that have both. ``site_hoyer`` maps each site to ``{"mean", "std"}``.
+    the cell. ``time_vs_dropout`` is the steady-state step time relative to the q = 2 run of the same p,
+    penalty and seed (1.25 = 25 % slower than dropout), averaged over the seeds whose pair is comparable
+    (``timing.time_vs_dropout``: basis, n and the caveats of the pairs left out). ``site_hoyer`` maps
+    each site to ``{"mean", "std"}``; ``comparisons`` are the paired statistics against the controls.
     """
     records = list(records)
-    base_throughput = {
-        (r["p"], r.get("lq_penalty"), r["seed"]): r["throughput"]
-        for r in records
-        if r["q"] == BASELINE_Q and r.get("throughput")
+    dropout_runs = {
+        (r["p"], r.get("lq_penalty"), r["seed"]): r for r in records if r["q"] == BASELINE_Q and r["p"] != 0
     }
     groups: dict[Cell, list[Mapping[str, Any]]] = {}
     for r in records:
@@ -112,12 +112,9 @@ def aggregate(records: Iterable[Mapping[str, Any]], metric: str) -> list[dict[st
             row[f"{key}_mean"], row[f"{key}_std"] = mean, std
         units = {r["throughput_unit"] for r in group if r.get("throughput_unit")}
         row["throughput_unit"] = units.pop() if len(units) == 1 else None
-        ratios = [
-            base_throughput[p, lq, r["seed"]] / r["throughput"]
-            for r in group
-            if r.get("throughput") and (p, lq, r["seed"]) in base_throughput
-        ]
-        row["time_vs_dropout_mean"], row["time_vs_dropout_std"] = _stats(ratios)
+        row.update(
+            time_vs_dropout([(r, dropout_runs[key]) for r in group if (key := (p, lq, r["seed"])) in dropout_runs])
+        )
         sites: dict[str, list[float]] = {}
         for r in group:
             for site, value in (r.get("sites") or {}).items():
@@ -336,6 +333,33 @@ def _diagnostic_lines(result: Any) -> list[str]:
     ]
 
 
+def time_cell(row: Mapping[str, Any]) -> str:
+    """``1.08 ± 0.02``, ``not comparable`` (every pair had a caveat), ``(whole run)`` for the throughput basis."""
+    mean = row.get("time_vs_dropout_mean")
+    if mean is None:
+        return "not comparable" if row.get("time_vs_dropout_caveats") else ""
+    text = format_mean_std(mean, row.get("time_vs_dropout_std"))
+    text += " (whole run)" if row.get("time_vs_dropout_basis") == THROUGHPUT else ""
+    return text + (" *" if row.get("time_vs_dropout_caveats") else "")
+
+
+def timing_lines(result: Any) -> list[str]:
+    """The note under sweep.md's first table: how time vs dropout is measured, and every pair left out."""
+    lines = [
+        "",
+        f"time vs dropout: the median step time ({STEPS}: after the first 10 % of the steps) over the dropout run's "
+        "of the same p, penalty and seed (1.25 = 25 % slower), mean ± std over seeds. A pair is *not comparable* "
+        "(left out; * when some pairs of the cell were) when the runs ran on another host, device, number of "
+        f"processes or threads, when the machine load differed by more than {MAX_LOAD_GAP:g}, or when a run's step "
+        f"times were unsteady (IQR over {100 * MAX_SPREAD:.0f} % of the median: another job on the machine). "
+        "(whole run): runs without step times, throughput ratio, conditions unknown.",
+    ]
+    for r in result.summary:
+        for caveat in r.get("time_vs_dropout_caveats") or []:
+            lines.append(f"- {', '.join(lead_cells(r, lead_columns(result.summary)))} q {q_cell(r)}: {caveat}")
+    return lines
+
+
 def write_markdown(path: Path, result: Any, options: Mapping[str, Any]) -> Path:
     """``sweep.md``: per-cell table, diagnostics, per-site Hoyer, every run, the plots and the shared options."""
     m = result.metric
@@ -348,8 +372,7 @@ def write_markdown(path: Path, result: Any, options: Mapping[str, Any]) -> Path:
         f"Mean ± sample standard deviation over seeds (n seeds per row) of the final eval {m} and of the "
         "Hoyer sparsity of the activations entering the Sparseout sites (0 dense .. 1 one-hot). "
         f"q = {BASELINE_Q:g} is plain dropout at the same sites: the dropout baseline. "
-        f"{unit} is training throughput; time vs dropout is the training time per unit relative to the "
-        "q = 2 run of the same p and seed (1.25 = 25 % slower).",
+        f"{unit} is training throughput; time vs dropout: see the note under the table.",
         *(["", P0_NOTE] if any(r["p"] == 0 for r in result.summary) else []),
         "",
         "| " + " | ".join([*lead, "q", "n", m, "hoyer", "eval_loss", unit, "time vs dropout"]) + " |",
@@ -360,8 +383,9 @@ def write_markdown(path: Path, result: Any, options: Mapping[str, Any]) -> Path:
         cells += [format_mean_std(r.get(f"{k}_mean"), r.get(f"{k}_std")) for k in (m, "hoyer", "eval_loss")]
         thr = r.get("throughput_mean")
         cells.append("" if thr is None else f"{thr:.0f}")
-        cells.append(format_mean_std(r.get("time_vs_dropout_mean"), r.get("time_vs_dropout_std")))
+        cells.append(time_cell(r))
         lines.append("| " + " | ".join(cells) + " |")
+    lines += timing_lines(result)
     lines += comparison_lines(result)
     lines += _diagnostic_lines(result)
     lines += _curve_lines(result)
@@ -369,10 +393,13 @@ def write_markdown(path: Path, result: Any, options: Mapping[str, Any]) -> Path:
     site_lines = _site_tables(result)
     if site_lines:
         lines += ["", "## Hoyer sparsity per site", *site_lines, "", f"![per-site Hoyer]({FILES['site_plot']})"]
-    lines += ["", "## Runs", "", f"| run | {m} | hoyer | eval_loss | steps |", "|---|---|---|---|---|"]
+    lines += ["", "## Runs", "", f"| run | {m} | hoyer | eval_loss | steps | step time (median, IQR) |"]
+    lines.append("|---|---|---|---|---|---|")
     for r in result.runs:
         values = [f"{r[k]:.4g}" if isinstance(r.get(k), float) else str(r.get(k)) for k in (m, "hoyer", "eval_loss")]
-        lines.append(f"| [{r['dir']}]({r['dir']}/report.md) | " + " | ".join(values) + f" | {r['steps']} |")
+        steady = steady_state(r.get("step_seconds"))
+        step = "" if steady is None else f"{steady['median']:.3g} s ± {100 * steady['spread']:.0f} %"
+        lines.append(f"| [{r['dir']}]({r['dir']}/report.md) | " + " | ".join(values) + f" | {r['steps']} | {step} |")
     lines += ["", "## Options (every run)", "", "```json", json.dumps(dict(options), indent=2, default=str), "```", ""]
     path.write_text("\n".join(lines))
     return path

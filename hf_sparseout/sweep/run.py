@@ -147,6 +147,8 @@ def read_record(root: Path, point: GridPoint, status: str) -> tuple[str, dict[st
     record["mean_abs"] = ((run.get("sparsity") or {}).get("overall") or {}).get("mean_abs")
     record["throughput"] = run.get("throughput")
     record["throughput_unit"] = run.get("throughput_unit")
+    record["step_seconds"] = run.get("step_seconds")  # absent from runs written before them
+    record["conditions"] = run.get("conditions")
     record["sites"] = {s: v.get("hoyer") for s, v in (run.get("sparsity") or {}).get("sites", {}).items()}
     return data["task"], record
 

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 
 import hf_sparseout
 from hf_sparseout.logs import get_logger
-from hf_sparseout.training import checkpoints, threshold_curve
+from hf_sparseout.training import checkpoints, threshold_curve, timing
 from hf_sparseout.training.args import FinetuneArgs, UsageError
 from hf_sparseout.training.diagnostics import EvalRecord, best_eval, grad_norm_summary, mean_since
 from hf_sparseout.training.evaluation import Batch, evaluate
@@ -82,6 +82,10 @@ class RunResult:
     grad_norms: list[tuple[int, float]] = field(default_factory=list)
     """Gradient norm before clipping at every optimizer step."""
     log_every: int = 1
+    step_seconds: list[float] = field(default_factory=list)
+    """Wall time of each optimizer step this process trained (evaluations and checkpoints excluded)."""
+    conditions: dict[str, Any] = field(default_factory=dict)
+    """What the step times ran under (``timing.run_conditions``, with ``load_end``)."""
 
     @property
     def final(self) -> EvalRecord:
@@ -151,6 +155,8 @@ class RunContext:
     """Tokens (causal LM) or samples seen by every process, for the throughput."""
     start: float = 0.0
     """``time.perf_counter()`` when training started."""
+    step_start: float = 0.0
+    """``time.perf_counter()`` when the current optimizer step started (after the previous step's evaluation)."""
     last_save: float = 0.0
     """``time.monotonic()`` at the start of training or the last checkpoint (``--save-minutes``)."""
     bar: tqdm | None = None
@@ -410,7 +416,9 @@ def train(ctx: RunContext) -> None:
         desc=f"{ctx.name} (q={ctx.q:g})",
         disable=not ctx.accelerator.is_local_main_process,
     )
+    ctx.result.conditions = timing.run_conditions(ctx.accelerator.num_processes)
     ctx.start, ctx.seen_units = time.perf_counter(), 0
+    ctx.step_start = ctx.start
     ctx.last_save = time.monotonic()
     ctx.model.train()
     ctx.running_loss = torch.zeros(())
@@ -435,6 +443,7 @@ def train_epoch(ctx: RunContext) -> bool:
             evaluate_and_record(ctx)
         if checkpoint_due(ctx):
             save_checkpoint(ctx)
+        ctx.step_start = time.perf_counter()  # the next step's time leaves out this evaluation and checkpoint
         if ctx.result.global_step >= ctx.total:
             return True
     return False
@@ -481,6 +490,7 @@ def record_step(ctx: RunContext, step: OptimizerStep) -> None:
     # one sync per optimizer step, for the log, the progress bar and the gradient norm
     norm_t = torch.as_tensor(float("nan") if step.grad_norm is None else step.grad_norm, dtype=running.dtype)
     avg, norm = torch.stack([running, norm_t.to(running.device)]).tolist()
+    result.step_seconds.append(time.perf_counter() - ctx.step_start)  # after the sync: the device's work too
     result.grad_norms.append((result.global_step, norm))
     ctx.running_loss = torch.zeros((), device=step.device)
     result.train_loss.append((result.global_step, avg))
@@ -543,6 +553,7 @@ def finish(ctx: RunContext) -> None:
     if ctx.bar is not None:
         ctx.bar.close()
     result.train_seconds = time.perf_counter() - ctx.start
+    result.conditions["load_end"] = timing.load_average()
     result.throughput = ctx.seen_units / max(result.train_seconds, 1e-9)
     result.throughput_unit = "tokens/s" if ctx.task == "causal-lm" else "samples/s"
     if torch.cuda.is_available():

@@ -99,6 +99,8 @@ def write_metrics(
                 "sites_not_measured": unmeasured_sites(r),
                 "sites": [s.__dict__ for s in r.report.sites],
                 "train_seconds": r.train_seconds,
+                "step_seconds": r.step_seconds,
+                "conditions": r.conditions,
                 "throughput": r.throughput,
                 "throughput_unit": r.throughput_unit,
                 "peak_memory_mb": r.peak_memory_mb,
