@@ -212,21 +212,37 @@ def sweep(
 def _print_summary(result: Any) -> None:
     from rich.table import Table
 
-    from hf_sparseout.sweep.report import format_mean_std, lead_cells, lead_columns
+    from hf_sparseout.sweep.report import (
+        format_mean_std,
+        lead_cells,
+        lead_columns,
+        q_cell,
+        time_cell,
+        verdict_cell,
+    )
     from hf_sparseout.training.reporting import wide_console
 
     m = result.metric
     lead = lead_columns(result.summary)
     best = any(r.get(f"best_eval_{m}_mean") is not None for r in result.summary)
+    against = list(dict.fromkeys(c["against"] for r in result.summary for c in r.get("comparisons") or []))
+    quality = f"best_eval_{m}" if best else m
     table = Table(title=f"hf-sparseout sweep ({result.task}): mean ± std over seeds")
-    for c in [*lead, "q", "n", m, *([f"best {m}"] if best else []), "hoyer", "time vs dropout"]:
+    columns = [*lead, "q", "n", m, *([f"best {m}"] if best else []), "hoyer", "time vs dropout"]
+    for c in [*columns, *(f"vs {a}" for a in against)]:
         table.add_column(c, justify="right")
     for r in result.summary:
-        cells = [*lead_cells(r, lead), f"{r['q']:g}" + (" (dropout)" if r["baseline"] else ""), str(r["n"])]
+        cells = [*lead_cells(r, lead), q_cell(r, " (dropout)"), str(r["n"])]
         cells.append(format_mean_std(r[f"{m}_mean"], r[f"{m}_std"]))
         if best:
             cells.append(format_mean_std(r.get(f"best_eval_{m}_mean"), r.get(f"best_eval_{m}_std")))
         cells.append(format_mean_std(r["hoyer_mean"], r["hoyer_std"]))
-        cells.append(format_mean_std(r["time_vs_dropout_mean"], r["time_vs_dropout_std"]))
+        cells.append(time_cell(r))
+        cells += [verdict_cell(r, a, quality) for a in against]
         table.add_row(*cells)
     wide_console().print(table)
+    if against:
+        typer.echo(
+            f"vs: best {m} against each control over the same seeds (paired t, 95 %); "
+            "every metric's statistics are in sweep.md and sweep.json"
+        )

@@ -161,3 +161,18 @@ def test_sweep_md_shows_the_verdicts(tmp_path):
     c = next(c for c in sparse["comparisons"] if c["against"] == "dropout" and c["metric"] == "best_eval_perplexity")
     ci = f"[{c['ci95'][0]:+.4g}, {c['ci95'][1]:+.4g}]"
     assert f"| {c['mean_diff']:+.4g} | {ci} | {c['statistic']:.3g} | {c['p_value']:.2g} | paired-t | worse |" in text
+
+
+def test_cli_summary_prints_the_verdicts(capsys, monkeypatch):
+    from hf_sparseout_cli.sweep_cmd import _print_summary
+
+    monkeypatch.setenv("COLUMNS", "250")
+    rows = aggregate(_grid_records(), "perplexity")
+    _print_summary(SimpleNamespace(task="causal-lm", metric="perplexity", summary=rows))
+    out = capsys.readouterr().out
+    assert "vs dropout" in out and "vs p=0" in out
+    sparse = next(r for r in rows if r["q"] == 1.5)
+    c = next(c for c in sparse["comparisons"] if c["against"] == "p=0" and c["metric"] == "best_eval_perplexity")
+    line = next(x for x in out.splitlines() if " 1.5 " in x)
+    assert f"{c['verdict']} (p {c['p_value']:.2g})" in line
+    assert "– (p=0)" in out

@@ -253,6 +253,14 @@ def comparison_lines(result: Any) -> list[str]:
     return lines
 
 
+def verdict_cell(row: Mapping[str, Any], against: str, metric: str) -> str:
+    """``worse (p 0.002)``: the verdict of ``row`` against control ``against`` on ``metric`` (empty if none)."""
+    c = next((c for c in row.get("comparisons") or [] if c["against"] == against and c["metric"] == metric), None)
+    if c is None:
+        return ""
+    return c["verdict"] + ("" if c["p_value"] is None else f" (p {c['p_value']:.2g})")
+
+
 def stat_cells(c: Mapping[str, Any]) -> list[str]:
     """The cells of :data:`STAT_HEADERS` for one comparison (empty p, t and interval for one seed)."""
     ci = c["ci95"]
