@@ -181,7 +181,8 @@ def test_tiny_grid_writes_every_run_and_the_summaries(tiny_sweep):
     for (q, s), run_dir in runs.items():
         metrics = _metrics(run_dir)
         assert (metrics["args"]["q"], metrics["args"]["seed"], metrics["args"]["baseline"]) == (q, s, False)
-        assert [r["run"] for r in metrics["summary"]] == ["sparseout"]  # the baseline is the q=2 run, not extra
+        # the baseline is the q=2 run, not extra, and is called what it is
+        assert [r["run"] for r in metrics["summary"]] == ["dropout" if q == 2 else "sparseout"]
         assert (run_dir / "model.safetensors").is_file() and (run_dir / "report.md").is_file()
     assert not any(out.rglob("baseline"))
     # seeds matter: same q, different seed -> a different training curve
@@ -218,7 +219,8 @@ def test_tiny_grid_summarises_sites_and_time_against_dropout(tiny_sweep):
     out, _ = tiny_sweep
     stored = json.loads((out / "sweep.json").read_text())
     rows = {r["q"]: r for r in stored["summary"]}
-    per_run = {(q, s): _metrics(out / f"q{q:g}" / f"seed{s}")["runs"]["sparseout"] for q in (1.0, 2.0) for s in (0, 1)}
+    names = {1.0: "sparseout", 2.0: "dropout"}
+    per_run = {(q, s): _metrics(out / f"q{q:g}" / f"seed{s}")["runs"][names[q]] for q in (1.0, 2.0) for s in (0, 1)}
     sites = set(per_run[1.0, 0]["sparsity"]["sites"])
     assert len(sites) >= 3 and set(rows[1.0]["site_hoyer"]) == sites
     for site in sites:

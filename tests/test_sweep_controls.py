@@ -63,3 +63,37 @@ def test_p0_row_is_no_dropout_baseline_and_says_so(tmp_path):
     text = write_markdown(tmp_path / "sweep.md", result, {}).read_text()
     assert "| 0 | – (p=0) | 2 |" in text
     assert "p = 0 (q shown as –): every site at p = 0, attention probabilities included" in text
+
+
+@pytest.mark.slow  # trains six tiny runs through the CLI
+def test_one_command_trains_every_arm_with_one_report(tmp_path):
+    import json
+
+    from finetune_helpers import FAST, invoke_cli, write_text_corpus
+
+    data = write_text_corpus(tmp_path / "txt")
+    out = tmp_path / "out"
+    common = [*FAST, "--max-steps", "2", "--max-eval-samples", "4", "--attention", "keep"]
+    result = invoke_cli(
+        "sweep", "--p", "0,0.3", "--q", "1.5", "--noise", "raw,matched", "--seeds", "2",
+        "--dataset", str(data), *common, "--output-dir", str(out), "--log-level", "info",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output[-3000:]
+    stored = json.loads((out / "sweep.json").read_text())
+    assert sorted(r["dir"] for r in stored["runs"]) == sorted(
+        f"{d}/seed{s}" for d in ("p0/q2", "p0.3/q2", "p0.3/noise-raw/q1.5", "p0.3/noise-matched/q1.5") for s in (0, 1)
+    )
+    p0 = json.loads((out / "p0/q2/seed0/metrics.json").read_text())
+    assert [r["run"] for r in p0["summary"]] == ["p=0"] and p0["args"]["noise"] == "raw"
+    attention = [s for s in p0["runs"]["p=0"]["sites"] if s["kind"] == "attention"]
+    assert attention and all(s["sparseout"] and s["new_p"] == 0.0 for s in attention)  # despite --attention keep
+    dropout = json.loads((out / "p0.3/q2/seed0/metrics.json").read_text())
+    assert [r["run"] for r in dropout["summary"]] == ["dropout"]
+    rows = {(r["p"], r.get("noise"), r["q"]): r for r in stored["summary"]}
+    matched = {(c["against"], c["metric"]): c for c in rows[0.3, "matched", 1.5]["comparisons"]}
+    assert {a for a, _ in matched} == {"dropout", "p=0"}
+    assert all(c["test"] == "paired-t" and c["n"] == 2 for c in matched.values())
+    assert "[dropout p=0.3 seed0]" in result.output and "[p=0 seed1]" in result.output
+    assert "[sparseout]" not in result.output.split("[dropout p=0.3 seed0]")[1].split("\n")[0]
+    md = (out / "sweep.md").read_text()
+    assert "## Against the controls" in md and "– (p=0)" in md

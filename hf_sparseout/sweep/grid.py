@@ -60,8 +60,13 @@ class GridPoint:
 
     @property
     def label(self) -> str:
-        """A short name for log lines."""
-        return self.relative_dir.replace("/", " ")
+        """A short name for log lines: ``p=0.1 noise-matched q=1.5 seed0``, ``dropout p=0.1 seed0``, ``p=0 seed0``."""
+        parts = ["p=0"] if self.control else ["dropout"] if self.baseline else []
+        parts += [] if self.p is None or self.control else [f"p={self.p:g}"]
+        parts += [] if self.noise is None else [f"noise-{self.noise}"]
+        parts += [] if self.lq_penalty is None else [f"lq{self.lq_penalty:g}"]
+        parts += [] if self.baseline or self.control else [f"q={self.q:g}"]
+        return " ".join([*parts, f"seed{self.seed}"])
 
 
 def parse_values(text: str | Iterable[str], name: str) -> list[float]:

@@ -296,7 +296,7 @@ def _site_tables(result: Any) -> list[str]:
     """One table per series: a row per site, a column per q, mean ± std Hoyer over seeds."""
     lines: list[str] = []
     for key, rows, sites in _site_panels(result):
-        qs = [f"q={r['q']:g}" + (" (dropout)" if r["baseline"] else "") for r in rows]
+        qs = [P0 if r["p"] == 0 else f"q={r['q']:g}" + (" (dropout)" if r["baseline"] else "") for r in rows]
         title = series_label(key) or f"p = {_p_label(key[0])}"
         lines += ["", f"{title}:", "", "| site | " + " | ".join(qs) + " |", "|---" * (len(qs) + 1) + "|"]
         for s in sites:
@@ -413,11 +413,21 @@ def write_markdown(path: Path, result: Any, options: Mapping[str, Any]) -> Path:
     return path
 
 
+def _control_line(ax: Any, row: Mapping[str, Any], metric: str, colour: str, label: str) -> None:
+    """A control's mean metric as a dotted horizontal line with a ±1 std band."""
+    mean, std = row[f"{metric}_mean"], row[f"{metric}_std"] or 0.0
+    if mean is None:
+        return
+    ax.axhline(mean, color=colour, ls=":", lw=1.2, label=label)
+    if std:
+        ax.axhspan(mean - std, mean + std, color=colour, alpha=0.12)
+
+
 def write_plot(path: Path, result: Any) -> Path:
     """``sweep.png``: the metric (left axis) and Hoyer sparsity (right axis) against q, error bars over seeds.
 
-    One colour per series (p, noise mode, penalty); the dropout baseline (q = 2) is a horizontal line
-    with a ±1 std band.
+    One colour per series (p, noise mode, penalty); the controls (dropout: q = 2; p = 0) are horizontal
+    lines with a ±1 std band.
     """
     plt = require_matplotlib("the sweep's plot (sweep.png)")
 
@@ -432,6 +442,9 @@ def write_plot(path: Path, result: Any) -> Path:
         name = series_label(key) or ("model's p" if len(lines) > 1 else "")
         tag = f" ({name})" if name else ""
         qs = [r["q"] for r in rows]
+        if key[0] == 0:  # the p = 0 control: a level, not a point at some q
+            _control_line(ax, rows[0], m, colour, f"{P0}" + (f" ({series_label(key, with_p=False)})" if key[2] else ""))
+            continue
 
         def err(k: str, rows: list[dict[str, Any]] = rows) -> list[float]:
             return [r[f"{k}_std"] or 0.0 for r in rows]
@@ -441,11 +454,8 @@ def write_plot(path: Path, result: Any) -> Path:
         hoyer = [r["hoyer_mean"] for r in rows]
         ax2.errorbar(qs, hoyer, yerr=err("hoyer"), color=colour, marker="s", ls="--", capsize=3, label=f"Hoyer{tag}")
         base = next((r for r in rows if r["baseline"]), None)
-        if base is not None and base[f"{m}_mean"] is not None:
-            mean, std = base[f"{m}_mean"], base[f"{m}_std"] or 0.0
-            ax.axhline(mean, color=colour, ls=":", lw=1.2, label=f"dropout baseline (q={BASELINE_Q:g}){tag}")
-            if std:
-                ax.axhspan(mean - std, mean + std, color=colour, alpha=0.12)
+        if base is not None:
+            _control_line(ax, base, m, colour, f"{DROPOUT}{tag}")
     ax.set(xlabel="q (Sparseout exponent; 2 = dropout)", ylabel=f"{label}, solid")
     ax2.set_ylabel("Hoyer sparsity, dashed (0 dense .. 1 one-hot)")
     n = sorted({r["n"] for r in result.summary})

@@ -30,6 +30,7 @@ from hf_sparseout.sweep.report import FILES, aggregate, write_markdown, write_pl
 from hf_sparseout.training import checkpoints
 from hf_sparseout.training.args import FinetuneArgs, UsageError
 from hf_sparseout.training.reporting import headline
+from hf_sparseout.training.run_names import canonical_metrics
 
 logger = get_logger(__name__)
 
@@ -114,10 +115,10 @@ def _check_output_dir(root: Path, args: FinetuneArgs, points: list[GridPoint]) -
 
 def read_record(root: Path, point: GridPoint, status: str) -> tuple[str, dict[str, Any]]:
     """``(task, record)`` of a finished run: the values ``report.aggregate`` summarises."""
-    data = json.loads((root / point.relative_dir / "metrics.json").read_text())
-    row = next(r for r in data["summary"] if r["run"] == "sparseout")
+    data = canonical_metrics(json.loads((root / point.relative_dir / "metrics.json").read_text()))
+    row = data["summary"][0]  # the main run (a sweep's runs have no controls): sparseout, dropout or p=0
     key, _ = headline(data["task"])
-    run = data.get("runs", {}).get("sparseout", {})
+    run = data.get("runs", {}).get(row["run"], {})
     record = {
         "p": point.p,
         "q": point.q,

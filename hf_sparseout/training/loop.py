@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 
 import hf_sparseout
 from hf_sparseout.logs import get_logger
-from hf_sparseout.training import checkpoints, threshold_curve, timing
+from hf_sparseout.training import checkpoints, run_names, threshold_curve, timing
 from hf_sparseout.training.args import FinetuneArgs, UsageError
 from hf_sparseout.training.diagnostics import EvalRecord, best_eval, grad_norm_summary, mean_since
 from hf_sparseout.training.evaluation import Batch, evaluate
@@ -123,7 +123,7 @@ class RunContext:
 
     inputs: RunInputs
     name: str
-    """``sparseout``, ``baseline`` or ``p0``: the log prefix, the tracker prefix, ``checkpoints/<name>``."""
+    """``sparseout``, ``dropout`` or ``p=0`` (``run_names``): the log prefix and the tracker prefix."""
     q: float
     model: nn.Module
     """Prepared by accelerate (wrapped under DDP); ``accelerator.unwrap_model`` gives the patched model."""
@@ -215,7 +215,7 @@ def sparseout_config(args: FinetuneArgs, q: float, p: float | None = None) -> hf
 
 
 def run(inputs: RunInputs, name: str, q: float, p: float | None = None, penalty: bool = False) -> RunResult:
-    """Train one model (``name`` = ``sparseout``, ``baseline`` or ``p0``) and evaluate it along the way.
+    """Train one model (``name`` = ``sparseout``, ``dropout`` or ``p=0``: ``run_names``) and evaluate it along the way.
 
     ``p`` overrides ``args.p`` for every site (0 for the p = 0 control); ``penalty`` adds
     ``--lq-penalty`` to the loss. Before training, the untrained model's sparsity on the eval data
@@ -266,8 +266,8 @@ def prepare_run(inputs: RunInputs, name: str, q: float, p: float | None = None, 
         eval_dl=eval_dl,
         lq=lq,
         result=result,
-        signature=_signature(args, model, name, q),
-        ckpt_dir=checkpoints.run_dir(args.output_dir, name),
+        signature=_signature(args, model, run_names.run_directory(args, name), q),
+        ckpt_dir=checkpoints.run_dir(args.output_dir, run_names.run_directory(args, name)),
         total=total,
         eval_every=eval_every,
     )
@@ -413,7 +413,7 @@ def train(ctx: RunContext) -> None:
     ctx.bar = tqdm(
         total=ctx.total,
         initial=ctx.result.global_step,
-        desc=f"{ctx.name} (q={ctx.q:g})",
+        desc=run_names.run_label(ctx.name, ctx.q),
         disable=not ctx.accelerator.is_local_main_process,
     )
     ctx.result.conditions = timing.run_conditions(ctx.accelerator.num_processes)
