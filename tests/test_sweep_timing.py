@@ -73,6 +73,8 @@ def test_unsteady_step_times_are_not_comparable():
     records = [_rec(2.0, 0, noisy), _rec(1.5, 0, _steps(0.1))]
     row = next(r for r in aggregate(records, "perplexity") if r["q"] == 1.5)
     assert row["time_vs_dropout_mean"] is None and any("unsteady" in c for c in row["time_vs_dropout_caveats"])
+    dropout = next(r for r in aggregate(records, "perplexity") if r["q"] == 2.0)
+    assert dropout["time_vs_dropout_mean"] == 1.0 and dropout["time_vs_dropout_caveats"] == []  # itself
 
 
 def test_runs_without_step_times_keep_the_throughput_ratio_marked():

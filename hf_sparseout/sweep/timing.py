@@ -72,6 +72,11 @@ def time_vs_dropout(pairs: Sequence[tuple[Mapping[str, Any], Mapping[str, Any]]]
     """
     ratios, bases, caveats = [], set(), []
     for run, dropout in pairs:
+        if run is dropout:  # the dropout run against itself: 1 when it was timed at all
+            if run.get("step_seconds") or run.get("throughput"):
+                ratios.append(1.0)
+                bases.add(STEPS if run.get("step_seconds") else THROUGHPUT)
+            continue
         if run.get("step_seconds") is None and dropout.get("step_seconds") is None:
             if run.get("throughput") and dropout.get("throughput"):
                 ratios.append(dropout["throughput"] / run["throughput"])
