@@ -79,7 +79,8 @@ def sweep(
         list[str] | None,
         typer.Option(
             "--p",
-            help="Drop probabilities, comma-separated (repeatable). Default: each site keeps its own p.",
+            help="Drop probabilities, comma-separated (repeatable). Default: each site keeps its own p. "
+            "0 is the no-noise control (attention probabilities at 0 too), trained once per seed whatever --q/--noise.",
             rich_help_panel=GRID,
         ),
     ] = None,
@@ -145,12 +146,15 @@ def sweep(
     --p, two or more --noise modes, two or more --lq-penalty weights);
     sweep.json, sweep.md (mean ± std per cell: final and best-eval metric,
     Hoyer and its change from init, train/eval gap, gradient norm, Hoyer per
-    site, training time against dropout), sweep.png (the metric and Hoyer
-    sparsity against q, error bars over seeds) and sweep_sites.png (Hoyer per
-    site and q) go to OUTPUT_DIR.
+    site, steady-state step time against dropout; paired statistics and a
+    verdict against each control), sweep.png (the metric and Hoyer sparsity
+    against q, error bars over seeds) and sweep_sites.png (Hoyer per site and
+    q) go to OUTPUT_DIR.
 
-    The dropout baseline is the q=2 run (finetune's baseline is the same patch
-    at q=2), trained once per p, penalty weight and seed as part of the grid.
+    The dropout control is the q=2 run (finetune's dropout control is the same
+    patch at q=2), trained once per p, penalty weight and seed as part of the
+    grid. With 0 in --p, the p=0 control (no noise at any site) is trained
+    once per seed and penalty weight; every cell is compared with both.
 
     Rerunning the same command resumes: runs with a metrics.json are skipped,
     unfinished ones restart, or continue from their latest checkpoint when
@@ -172,6 +176,8 @@ def sweep(
       hf-sparseout sweep --q 1,1.5,3 --p 0.1 --noise raw,matched --insert mlp --attention keep
 
       hf-sparseout sweep --q 2 --p 0 --no-baseline --lq-penalty 0,1,10 --lq-q 1
+
+      hf-sparseout sweep --p 0,0.1 --q 1,1.5 --noise raw,matched --insert mlp --attention keep
 
       accelerate launch --multi_gpu --num_processes 2 -m hf_sparseout_cli sweep --q 1.5,2 --seeds 2 --max-steps 100
     """
@@ -216,21 +222,37 @@ def sweep(
 def _print_summary(result: Any) -> None:
     from rich.table import Table
 
-    from hf_sparseout.sweep.report import format_mean_std, lead_cells, lead_columns
+    from hf_sparseout.sweep.report import (
+        format_mean_std,
+        lead_cells,
+        lead_columns,
+        q_cell,
+        time_cell,
+        verdict_cell,
+    )
     from hf_sparseout.training.reporting import wide_console
 
     m = result.metric
     lead = lead_columns(result.summary)
     best = any(r.get(f"best_eval_{m}_mean") is not None for r in result.summary)
+    against = list(dict.fromkeys(c["against"] for r in result.summary for c in r.get("comparisons") or []))
+    quality = f"best_eval_{m}" if best else m
     table = Table(title=f"hf-sparseout sweep ({result.task}): mean ± std over seeds")
-    for c in [*lead, "q", "n", m, *([f"best {m}"] if best else []), "hoyer", "time vs dropout"]:
+    columns = [*lead, "q", "n", m, *([f"best {m}"] if best else []), "hoyer", "time vs dropout"]
+    for c in [*columns, *(f"vs {a}" for a in against)]:
         table.add_column(c, justify="right")
     for r in result.summary:
-        cells = [*lead_cells(r, lead), f"{r['q']:g}" + (" (dropout)" if r["baseline"] else ""), str(r["n"])]
+        cells = [*lead_cells(r, lead), q_cell(r, " (dropout)"), str(r["n"])]
         cells.append(format_mean_std(r[f"{m}_mean"], r[f"{m}_std"]))
         if best:
             cells.append(format_mean_std(r.get(f"best_eval_{m}_mean"), r.get(f"best_eval_{m}_std")))
         cells.append(format_mean_std(r["hoyer_mean"], r["hoyer_std"]))
-        cells.append(format_mean_std(r["time_vs_dropout_mean"], r["time_vs_dropout_std"]))
+        cells.append(time_cell(r))
+        cells += [verdict_cell(r, a, quality) for a in against]
         table.add_row(*cells)
     wide_console().print(table)
+    if against:
+        typer.echo(
+            f"vs: best {m} against each control over the same seeds (paired t, 95 %); "
+            "every metric's statistics are in sweep.md and sweep.json"
+        )

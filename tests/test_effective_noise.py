@@ -35,7 +35,7 @@ def test_sweep_passes_the_effective_noise_to_its_dropout_and_p0_points():
     args = FinetuneArgs(noise="matched")
     points = grid(args, [1.5], [0.0, 0.1], [0])  # adds the q = 2 runs
     noise = {(pt.p, pt.q): point_args(args, pt).noise for pt in points}
-    assert noise == {(0.0, 1.5): "raw", (0.0, 2.0): "raw", (0.1, 1.5): "matched", (0.1, 2.0): "raw"}
+    assert noise == {(0.0, 2.0): "raw", (0.1, 1.5): "matched", (0.1, 2.0): "raw"}  # p = 0: one run per seed
     with pytest.raises(UsageError, match="--noise matched has no effect"):  # no run would have matched noise
         grid(args, [2.0], [None, 0.1], [0])
 
@@ -51,6 +51,6 @@ def test_controls_of_a_matched_run_record_their_effective_noise(tmp_path):
     assert result.exit_code == 0, result.output[-3000:]
     runs = json.loads((out / "metrics.json").read_text())["runs"]
     noise = {name: run["noise"] for name, run in runs.items()}
-    assert noise == {"sparseout": "matched", "baseline": "raw", "p0": "none"}
+    assert noise == {"sparseout": "matched", "dropout": "raw", "p=0": "none"}
     for directory, noise in ((out, "matched"), (out / "baseline", "raw"), (out / "p0", "raw")):
         assert json.loads((directory / "config.json").read_text())["sparseout"]["noise"] == noise

@@ -25,11 +25,12 @@ def test_p0_control_is_the_same_run_and_every_diagnostic_is_recorded(tmp_path):
     summary = _run(out, "--dataset", str(data), *FAST, *steps, *sites, "--p", "0", "--q", "1.0", "--baseline", "none")
     metrics = json.loads((out / "metrics.json").read_text())
     runs = metrics["runs"]
-    assert list(runs) == ["sparseout", "p0"]
+    # the main run is at p = 0 too, but the p=0 control beside it has that name
+    assert list(runs) == ["sparseout", "p=0"]
     # p = 0 everywhere in both runs: identity sites, so the two runs are one run twice
-    assert runs["sparseout"]["train_loss"] == runs["p0"]["train_loss"]
-    assert [s["name"] for s in runs["p0"]["sites"]] == [s["name"] for s in runs["sparseout"]["sites"]]
-    assert all(s["new_p"] == 0.0 for s in runs["p0"]["sites"] if s["sparseout"])
+    assert runs["sparseout"]["train_loss"] == runs["p=0"]["train_loss"]
+    assert [s["name"] for s in runs["p=0"]["sites"]] == [s["name"] for s in runs["sparseout"]["sites"]]
+    assert all(s["new_p"] == 0.0 for s in runs["p=0"]["sites"] if s["sparseout"])
     assert (out / "p0" / "model.safetensors").is_file()
     for run in runs.values():
         evals = run["evals"]
@@ -46,8 +47,8 @@ def test_p0_control_is_the_same_run_and_every_diagnostic_is_recorded(tmp_path):
         # attention-probability sites are never applied in eval: labelled, not silently dropped
         assert "transformer.h.0.attn.attn_dropout" in run["sites_not_measured"]
     rows = {r["run"]: r for r in summary["summary"]}
-    assert set(rows) == {"sparseout", "p0"}
-    assert {"best_eval_perplexity", "hoyer_init", "grad_norm_median"} <= set(rows["p0"])
+    assert set(rows) == {"sparseout", "p=0"}
+    assert {"best_eval_perplexity", "hoyer_init", "grad_norm_median"} <= set(rows["p=0"])
     report = (out / "report.md").read_text()
     assert "not measured" in report and "hoyer_init" in report
 
@@ -81,16 +82,23 @@ def test_both_baselines_penalty_and_mlp_units(tmp_path):
         "1",
     )
     runs = json.loads((out / "metrics.json").read_text())["runs"]
-    assert list(runs) == ["sparseout", "baseline", "p0"]
+    assert list(runs) == ["sparseout", "dropout", "p=0"]  # named for what they are (issue 25)
+    assert (out / "baseline" / "model.safetensors").is_file() and (out / "p0" / "model.safetensors").is_file()
+    report = (out / "report.md").read_text()
+    assert "| dropout | 0.3 | 2 |" in report and "| p=0 | 0 | – |" in report  # q means nothing at p = 0
+    # the p=0 control is a true no-noise run: attention probabilities at p = 0 too, whatever --attention says
+    attention = [s for s in runs["p=0"]["sites"] if s["kind"] == "attention"]
+    assert attention and all(s["sparseout"] and s["new_p"] == 0.0 for s in attention)
+    assert not any(s["sparseout"] for s in runs["dropout"]["sites"] if s["kind"] == "attention")
     for name, run in runs.items():
         inserted = [s["name"] for s in run["sites"] if s["kind"] == "inserted"]
         assert inserted == ["transformer.h.0.mlp.act", "transformer.h.1.mlp.act"], name
         assert "transformer.h.0.mlp.act.sparseout" in run["sparsity"]["sites"]  # measured at its module
-    assert {s["new_p"] for s in runs["p0"]["sites"] if s["sparseout"]} == {0.0}
-    assert {s["new_p"] for s in runs["baseline"]["sites"] if s["sparseout"]} == {0.3}
+    assert {s["new_p"] for s in runs["p=0"]["sites"] if s["sparseout"]} == {0.0}
+    assert {s["new_p"] for s in runs["dropout"]["sites"] if s["sparseout"]} == {0.3}
     # the penalty is on the main run only: logged there, absent from the controls
     assert all(e["lq_penalty"] > 0 for e in runs["sparseout"]["evals"])
-    assert all("lq_penalty" not in e for run in ("baseline", "p0") for e in runs[run]["evals"])
+    assert all("lq_penalty" not in e for run in ("dropout", "p=0") for e in runs[run]["evals"])
 
 
 @pytest.mark.parametrize(

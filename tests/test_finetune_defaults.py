@@ -33,7 +33,7 @@ def test_default_causal_lm_run_offline(tmp_path, monkeypatch):
     result = invoke("--output-dir", str(out), "--max-steps", "2", "--block-size", "32", "--format", "json")
     assert result.exit_code == 0, result.output[-2000:]
     summary = json_tail(result.output)
-    assert summary["task"] == "causal-lm" and [r["run"] for r in summary["summary"]] == ["sparseout", "baseline"]
+    assert summary["task"] == "causal-lm" and [r["run"] for r in summary["summary"]] == ["sparseout", "dropout"]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["data"] == "built-in corpus: pydoc help topics"
     tokenizer = json.loads((out / "tokenizer.json").read_text())

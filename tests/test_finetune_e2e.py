@@ -56,8 +56,9 @@ def test_baseline_at_q2_is_the_same_run(tmp_path):
     data = write_text_corpus(tmp_path / "txt")
     _run(tmp_path / "out", "--dataset", str(data), *FAST, "--max-steps", "3", "--q", "2", "--baseline")
     runs = json.loads((tmp_path / "out" / "metrics.json").read_text())["runs"]
-    assert runs["sparseout"]["train_loss"] == runs["baseline"]["train_loss"]
-    assert runs["sparseout"]["evals"] == runs["baseline"]["evals"]
+    assert list(runs) == ["sparseout", "dropout"]  # the main run is dropout too: the control has that name
+    assert runs["sparseout"]["train_loss"] == runs["dropout"]["train_loss"]
+    assert runs["sparseout"]["evals"] == runs["dropout"]["evals"]
     a = load_file(tmp_path / "out" / "model.safetensors")
     b = load_file(tmp_path / "out" / "baseline" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -67,8 +68,8 @@ def test_baseline_differs_from_sparseout(tmp_path):
     data = write_text_corpus(tmp_path / "txt")
     summary = _run(tmp_path / "out", "--dataset", str(data), *FAST, "--max-steps", "3", "--q", "1.0", "--baseline")
     rows = {r["run"]: r for r in summary["summary"]}
-    assert rows["sparseout"]["q"] == 1.0 and rows["baseline"]["q"] == 2.0
-    assert rows["sparseout"]["perplexity"] != rows["baseline"]["perplexity"]
+    assert rows["sparseout"]["q"] == 1.0 and rows["dropout"]["q"] == 2.0
+    assert rows["sparseout"]["perplexity"] != rows["dropout"]["perplexity"]
 
 
 def test_classification_on_local_csv(tmp_path):

@@ -136,3 +136,36 @@ def test_v2_minilm_defaults_table_shows_the_kept_sweeps():
             acc = f"{row['accuracy_mean']:.3f} ± {row['accuracy_std']:.3f}"
             grad = f"{row['grad_norm_median_mean']:.2f} ± {row['grad_norm_median_std']:.2f}"
             assert f"| {mode} | {row['noise']} | {acc} | {grad} |" in text, (mode, row["noise"])
+
+
+def test_v2_paired_verdicts_are_scipy_on_the_kept_runs():
+    """bench.results_stats: each arm against dropout p = 0.1 and p = 0, seed by seed, from the kept metrics."""
+    from scipy import stats as sps
+
+    from bench.results_stats import comparisons, table
+
+    rows = comparisons(V2)
+    by = {(r["arm"], r["p"], r["q"], r["against"], r["metric"]): r for r in rows}
+    control = {r["seed"]: r for r in _v2("p0")["runs"]}
+    dropout = {r["seed"]: r for r in _v2("dropout")["runs"] if r["p"] == 0.1}
+    assert set(control) == set(dropout) == {0, 1, 2}
+    first = {
+        (arm, seed): json.loads((V2 / arm / run["dir"] / "metrics.json").read_text())["summary"][0]
+        for arm, runs in (("dropout", dropout), ("p0", control))
+        for seed, run in runs.items()
+    }
+    a = [first["dropout", s]["best_eval_perplexity"] for s in range(3)]
+    b = [first["p0", s]["best_eval_perplexity"] for s in range(3)]
+    got = by["dropout", 0.1, 2.0, "p = 0", "best_eval_perplexity"]
+    ref = sps.ttest_rel(a, b)
+    assert got["test"] == "paired-t" and got["n"] == 3
+    assert got["statistic"] == pytest.approx(ref.statistic) and got["p_value"] == pytest.approx(ref.pvalue)
+    assert got["verdict"] == (
+        "not distinguishable" if ref.pvalue >= 0.05 else "worse" if ref.statistic > 0 else "better"
+    )
+    # every arm cell against both controls (the controls not against themselves), three metrics each
+    assert ("p0", 0.0, 2.0, "p = 0", "hoyer") not in by and ("dropout", 0.1, 2.0, "dropout p = 0.1", "hoyer") not in by
+    assert ("p0", 0.0, 2.0, "dropout p = 0.1", "hoyer") not in by  # the control is the reference, not a cell
+    assert ("raw", 0.1, 1.0, "dropout p = 0.1", "sparsity_at_1pct") in by
+    lines = table(rows)
+    assert len(lines) == 2 + len(rows)

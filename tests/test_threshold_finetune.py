@@ -25,7 +25,7 @@ def test_curve_for_every_run_in_metrics_report_plot_and_thresholds(tmp_path):
     result = invoke("--dataset", str(data), *TINY, "--baseline", "both", *CURVE, "--output-dir", str(out))
     assert result.exit_code == 0, result.output[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
-    runs = (("sparseout", out), ("baseline", out / "baseline"), ("p0", out / "p0"))
+    runs = (("sparseout", out), ("dropout", out / "baseline"), ("p=0", out / "p0"))
     # each run's thresholds beside its own model (the p = 0 control's once went to baseline/ or nowhere)
     saved_files = [(directory / "thresholds.json").read_text() for _, directory in runs]
     assert len(set(saved_files)) == 3

@@ -9,6 +9,10 @@ level for them. Directory of a run::
 q = 2 is plain dropout whatever the noise mode (matched noise is exactly raw noise there), so with a
 noise axis the q = 2 run is trained once per (p, penalty, seed), without a ``noise-N/`` level, and
 serves as the dropout baseline of every noise mode.
+
+p = 0 is the no-noise control: every site at p = 0, attention probabilities included (``loop.sparseout_config``),
+so q and the noise mode mean nothing there; it is trained once per (penalty, seed), as q = 2 with raw noise
+(``p0/[lqW/]q2/seedS``, the directory of earlier sweeps' p = 0 runs). The L_q penalty still changes it.
 """
 
 from __future__ import annotations
@@ -21,7 +25,6 @@ from typing import Any
 
 from hf_sparseout.errors import UsageError
 from hf_sparseout.training.args import NOISE_MODES, FinetuneArgs
-from hf_sparseout.training.run_options import effective_noise
 
 BASELINE_Q = 2.0
 DEFAULT_QS = (1.0, 1.5, 2.0, 2.5, 3.0)
@@ -39,8 +42,13 @@ class GridPoint:
 
     @property
     def baseline(self) -> bool:
-        """The q = 2 run is plain dropout: the baseline for its p, penalty and seed."""
-        return self.q == BASELINE_Q
+        """The q = 2 run at p > 0 is plain dropout: the baseline for its p, penalty and seed."""
+        return self.q == BASELINE_Q and self.p != 0
+
+    @property
+    def control(self) -> bool:
+        """The p = 0 run: no noise at any site (q and noise mode have no meaning there)."""
+        return self.p == 0
 
     @property
     def relative_dir(self) -> str:
@@ -52,8 +60,13 @@ class GridPoint:
 
     @property
     def label(self) -> str:
-        """A short name for log lines."""
-        return self.relative_dir.replace("/", " ")
+        """A short name for log lines: ``p=0.1 noise-matched q=1.5 seed0``, ``dropout p=0.1 seed0``, ``p=0 seed0``."""
+        parts = ["p=0"] if self.control else ["dropout"] if self.baseline else []
+        parts += [] if self.p is None or self.control else [f"p={self.p:g}"]
+        parts += [] if self.noise is None else [f"noise-{self.noise}"]
+        parts += [] if self.lq_penalty is None else [f"lq{self.lq_penalty:g}"]
+        parts += [] if self.baseline or self.control else [f"q={self.q:g}"]
+        return " ".join([*parts, f"seed{self.seed}"])
 
 
 def parse_values(text: str | Iterable[str], name: str) -> list[float]:
@@ -108,8 +121,8 @@ def point_args(args: FinetuneArgs, point: GridPoint) -> FinetuneArgs:
     changes: dict[str, Any] = {"q": point.q, "p": point.p, "seed": point.seed}
     if point.noise is not None:
         changes["noise"] = point.noise
-    if effective_noise(changes.get("noise", args.noise), point.q, point.p) != changes.get("noise", args.noise):
-        changes["noise"] = "raw"  # q = 2 or p = 0: matched is raw noise (or none), which finetune refuses
+    if point.q == BASELINE_Q or point.control:  # dropout, or no noise: explicitly the plain op
+        changes["noise"] = "raw"
     if point.lq_penalty is not None:
         weight = point.lq_penalty or None  # 0 on the axis: no penalty
         changes.update(lq_penalty=weight, lq_q=args.lq_q if weight else None)
@@ -126,7 +139,8 @@ def grid(
 ) -> list[GridPoint]:
     """Validate the grid and list its runs (seed-major within each p and penalty: early seeds finish first).
 
-    Adds a q = 2 run per (p, penalty, seed) when 2 is not in ``qs`` and ``args.baseline`` is not False.
+    Adds a q = 2 run per (p, penalty, seed) when 2 is not in ``qs`` and ``args.baseline`` is not False;
+    p = 0 is one run per (penalty, seed) (module docstring).
     ``noises`` / ``lq_penalties`` None: not axes (the shared ``args.noise`` / ``args.lq_penalty`` apply).
     Every run's options are validated here, before anything is trained.
     """
@@ -142,6 +156,8 @@ def grid(
             raise UsageError(
                 "--noise has no effect at q = 2 (it is plain dropout in every noise mode)", "add a q other than 2"
             )
+        if all(p == 0 for p in ps):
+            raise UsageError("--noise has no effect at p = 0 (no site draws noise)", "add a p above 0 to --p")
     if lq_penalties is not None:
         _check_unique(list(lq_penalties), "--lq-penalty", lambda v: f"{v:g}")
         for w in lq_penalties:
@@ -158,6 +174,9 @@ def grid(
     for p in ps:
         for weight in [None] if lq_penalties is None else lq_penalties:
             for seed in seeds:
+                if p == 0:  # the no-noise control: one run whatever the q and noise axes
+                    points[GridPoint(0.0, BASELINE_Q, seed, None, weight)] = None
+                    continue
                 for noise in [None] if noises is None else noises:
                     for q in all_qs:
                         points[GridPoint(p, q, seed, None if q == BASELINE_Q else noise, weight)] = None

@@ -18,6 +18,8 @@ from typing import Any
 
 from hf_sparseout.optional import require_matplotlib
 from hf_sparseout.sweep.grid import BASELINE_Q
+from hf_sparseout.sweep.stats import compare
+from hf_sparseout.sweep.timing import MAX_LOAD_GAP, MAX_SPREAD, STEPS, THROUGHPUT, steady_state, time_vs_dropout
 from hf_sparseout.training.reporting import CURVE_KEYS, headline
 
 FILES = {"json": "sweep.json", "markdown": "sweep.md", "plot": "sweep.png", "site_plot": "sweep_sites.png"}
@@ -49,6 +51,14 @@ DIAGNOSTIC_KEYS = (
     "grad_norm_median",
 )
 Cell = tuple[float | None, str | None, float | None, float]  # (p, noise, lq_penalty, q)
+# The metrics every cell is compared on with its controls (best_eval_<metric> is added per task).
+COMPARED = ("hoyer", "sparsity_at_1pct")
+DROPOUT, P0 = "dropout", "p=0"  # the controls' names in ``comparisons``
+P0_NOTE = (
+    "p = 0 (q shown as –): every site at p = 0, attention probabilities included: the no-noise control, trained "
+    "once per seed (and L_q penalty) whatever the q and noise axes."
+)
+STAT_HEADERS = ("mean diff", "95 % CI", "t", "p", "test", "verdict")
 
 
 def _stats(values: list[float]) -> tuple[float | None, float | None]:
@@ -78,15 +88,14 @@ def aggregate(records: Iterable[Mapping[str, Any]], metric: str) -> list[dict[st
     axes. Each record needs ``p``, ``q``, ``seed`` and the metric, ``hoyer`` and ``eval_loss`` values
     (None or a missing key is left out of that statistic); the keys of :data:`SUMMARISED`,
     ``best_eval_<metric>`` and ``sites`` (site -> Hoyer) are optional. ``n`` is the number of seeds of
-    the cell. ``time_vs_dropout`` is the training time per token (or sample) relative to the q = 2 run
-    of the same p, penalty and seed (baseline throughput / throughput; 1.25 = 25 % slower than
-    dropout), averaged over the seeds that have both. ``site_hoyer`` maps each site to ``{"mean", "std"}``.
+    the cell. ``time_vs_dropout`` is the steady-state step time relative to the q = 2 run of the same p,
+    penalty and seed (1.25 = 25 % slower than dropout), averaged over the seeds whose pair is comparable
+    (``timing.time_vs_dropout``: basis, n and the caveats of the pairs left out). ``site_hoyer`` maps
+    each site to ``{"mean", "std"}``; ``comparisons`` are the paired statistics against the controls.
     """
     records = list(records)
-    base_throughput = {
-        (r["p"], r.get("lq_penalty"), r["seed"]): r["throughput"]
-        for r in records
-        if r["q"] == BASELINE_Q and r.get("throughput")
+    dropout_runs = {
+        (r["p"], r.get("lq_penalty"), r["seed"]): r for r in records if r["q"] == BASELINE_Q and r["p"] != 0
     }
     groups: dict[Cell, list[Mapping[str, Any]]] = {}
     for r in records:
@@ -97,26 +106,57 @@ def aggregate(records: Iterable[Mapping[str, Any]], metric: str) -> list[dict[st
         row: dict[str, Any] = {"p": p, "q": q}
         if with_axes:
             row.update(noise=noise, lq_penalty=lq)
-        row.update(baseline=q == BASELINE_Q, n=len(group), seeds=sorted(r["seed"] for r in group))
+        row.update(baseline=q == BASELINE_Q and p != 0, n=len(group), seeds=sorted(r["seed"] for r in group))
         for key in (metric, f"best_eval_{metric}", *SUMMARISED):
             mean, std = _stats([float(r[key]) for r in group if r.get(key) is not None])
             row[f"{key}_mean"], row[f"{key}_std"] = mean, std
         units = {r["throughput_unit"] for r in group if r.get("throughput_unit")}
         row["throughput_unit"] = units.pop() if len(units) == 1 else None
-        ratios = [
-            base_throughput[p, lq, r["seed"]] / r["throughput"]
-            for r in group
-            if r.get("throughput") and (p, lq, r["seed"]) in base_throughput
-        ]
-        row["time_vs_dropout_mean"], row["time_vs_dropout_std"] = _stats(ratios)
+        row.update(
+            time_vs_dropout([(r, dropout_runs[key]) for r in group if (key := (p, lq, r["seed"])) in dropout_runs])
+        )
         sites: dict[str, list[float]] = {}
         for r in group:
             for site, value in (r.get("sites") or {}).items():
                 if value is not None:
                     sites.setdefault(site, []).append(float(value))
         row["site_hoyer"] = {s: dict(zip(("mean", "std"), _stats(v), strict=True)) for s, v in sites.items()}
+        row["comparisons"] = _comparisons((p, noise, lq, q), groups, (f"best_eval_{metric}", *COMPARED), with_axes)
         rows.append(row)
     return rows
+
+
+def controls(cell: Cell, with_lq_axis: bool) -> dict[str, Cell]:
+    """The control cells of ``cell`` by name: ``dropout`` (q = 2 at the same p and penalty; not for p = 0
+    or a q = 2 cell) and ``p=0`` (the p = 0 cell without penalty; not for that cell itself)."""
+    p, _, lq, q = cell
+    out: dict[str, Cell] = {}
+    if p != 0 and q != BASELINE_Q:
+        out[DROPOUT] = (p, None, lq, BASELINE_Q)
+    control = (0.0, None, 0.0 if with_lq_axis else None, BASELINE_Q)
+    if cell != control:
+        out[P0] = control
+    return out
+
+
+def _comparisons(
+    cell: Cell, groups: Mapping[Cell, list[Mapping[str, Any]]], keys: Iterable[str], with_axes: bool
+) -> list[dict[str, Any]]:
+    """``stats.compare`` of ``cell`` against each control present, for each key both sides recorded."""
+    with_lq_axis = with_axes and any(c[2] is not None for c in groups)
+    out = []
+    for name, other in controls(cell, with_lq_axis).items():
+        if other not in groups:
+            continue
+        for key in keys:
+            mine, theirs = (_by_seed(groups[c], key) for c in (cell, other))
+            if mine and theirs:
+                out.append({"against": name, "metric": key, **compare(mine, theirs, key)})
+    return out
+
+
+def _by_seed(group: list[Mapping[str, Any]], key: str) -> dict[int, float]:
+    return {r["seed"]: float(r[key]) for r in group if r.get(key) is not None}
 
 
 def format_mean_std(mean: float | None, std: float | None) -> str:
@@ -177,15 +217,62 @@ def lead_cells(row: Mapping[str, Any], columns: list[str]) -> list[str]:
     return [values[c] for c in columns]
 
 
-def _q_cell(row: Mapping[str, Any]) -> str:
-    return f"{row['q']:g}" + (" (dropout baseline)" if row["baseline"] else "")
+def q_cell(row: Mapping[str, Any], dropout: str = " (dropout baseline)") -> str:
+    """The q of a summary row: ``–`` at p = 0 (q means nothing at identity sites), the dropout row marked."""
+    if row["p"] == 0:
+        return f"– ({P0})"
+    return f"{row['q']:g}" + (dropout if row["baseline"] else "")
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "" if value is None else format(value, spec)
+
+
+def comparison_lines(result: Any) -> list[str]:
+    """sweep.md's section of paired statistics: each cell against each of its controls."""
+    if not any(r.get("comparisons") for r in result.summary):
+        return []
+    lead = lead_columns(result.summary)
+    lines = [
+        "",
+        "## Against the controls",
+        "",
+        f"Each cell minus its control: {DROPOUT} (q = 2 at the same p and penalty) and {P0} (every site at p = 0, "
+        "attention probabilities included: no noise anywhere). paired-t: a t-test on the per-seed differences "
+        "(both sides ran the same seeds); welch-t: Welch's t-test otherwise. Verdict at p < 0.05 in the metric's "
+        "direction (perplexity and loss: lower is better; Hoyer: sparser/denser; sparsity at +1 %: more/less "
+        "prunable); one seed: no test.",
+        "",
+        "| " + " | ".join([*lead, "q", "against", "metric", "n", *STAT_HEADERS]) + " |",
+        "|---" * (len(lead) + 4 + len(STAT_HEADERS)) + "|",
+    ]
+    for r in result.summary:
+        for c in r.get("comparisons") or []:
+            cells = [*lead_cells(r, lead), q_cell(r), c["against"], c["metric"], str(c["n"])]
+            lines.append("| " + " | ".join([*cells, *stat_cells(c)]) + " |")
+    return lines
+
+
+def verdict_cell(row: Mapping[str, Any], against: str, metric: str) -> str:
+    """``worse (p 0.002)``: the verdict of ``row`` against control ``against`` on ``metric`` (empty if none)."""
+    c = next((c for c in row.get("comparisons") or [] if c["against"] == against and c["metric"] == metric), None)
+    if c is None:
+        return ""
+    return c["verdict"] + ("" if c["p_value"] is None else f" (p {c['p_value']:.2g})")
+
+
+def stat_cells(c: Mapping[str, Any]) -> list[str]:
+    """The cells of :data:`STAT_HEADERS` for one comparison (empty p, t and interval for one seed)."""
+    ci = c["ci95"]
+    cells = [f"{c['mean_diff']:+.4g}", "" if ci is None else f"[{ci[0]:+.4g}, {ci[1]:+.4g}]"]
+    return [*cells, _fmt(c.get("statistic"), ".3g"), _fmt(c["p_value"], ".2g"), c["test"], c["verdict"]]
 
 
 def _table(result: Any, header: list[str], keys: list[str]) -> list[str]:
     lead = lead_columns(result.summary)
     lines = ["| " + " | ".join([*lead, "q", "n", *header]) + " |", "|---" * (len(lead) + 2 + len(header)) + "|"]
     for r in result.summary:
-        cells = [*lead_cells(r, lead), _q_cell(r), str(r["n"])]
+        cells = [*lead_cells(r, lead), q_cell(r), str(r["n"])]
         cells += [format_mean_std(r.get(f"{k}_mean"), r.get(f"{k}_std")) for k in keys]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
@@ -209,7 +296,7 @@ def _site_tables(result: Any) -> list[str]:
     """One table per series: a row per site, a column per q, mean ± std Hoyer over seeds."""
     lines: list[str] = []
     for key, rows, sites in _site_panels(result):
-        qs = [f"q={r['q']:g}" + (" (dropout)" if r["baseline"] else "") for r in rows]
+        qs = [P0 if r["p"] == 0 else f"q={r['q']:g}" + (" (dropout)" if r["baseline"] else "") for r in rows]
         title = series_label(key) or f"p = {_p_label(key[0])}"
         lines += ["", f"{title}:", "", "| site | " + " | ".join(qs) + " |", "|---" * (len(qs) + 1) + "|"]
         for s in sites:
@@ -254,6 +341,33 @@ def _diagnostic_lines(result: Any) -> list[str]:
     ]
 
 
+def time_cell(row: Mapping[str, Any]) -> str:
+    """``1.08 ± 0.02``, ``not comparable`` (every pair had a caveat), ``(whole run)`` for the throughput basis."""
+    mean = row.get("time_vs_dropout_mean")
+    if mean is None:
+        return "not comparable" if row.get("time_vs_dropout_caveats") else ""
+    text = format_mean_std(mean, row.get("time_vs_dropout_std"))
+    text += " (whole run)" if row.get("time_vs_dropout_basis") == THROUGHPUT else ""
+    return text + (" *" if row.get("time_vs_dropout_caveats") else "")
+
+
+def timing_lines(result: Any) -> list[str]:
+    """The note under sweep.md's first table: how time vs dropout is measured, and every pair left out."""
+    lines = [
+        "",
+        f"time vs dropout: the median step time ({STEPS}: after the first 10 % of the steps) over the dropout run's "
+        "of the same p, penalty and seed (1.25 = 25 % slower), mean ± std over seeds. A pair is *not comparable* "
+        "(left out; * when some pairs of the cell were) when the runs ran on another host, device, number of "
+        f"processes or threads, when the machine load differed by more than {MAX_LOAD_GAP:g}, or when a run's step "
+        f"times were unsteady (IQR over {100 * MAX_SPREAD:.0f} % of the median: another job on the machine). "
+        "(whole run): runs without step times, throughput ratio, conditions unknown.",
+    ]
+    for r in result.summary:
+        for caveat in r.get("time_vs_dropout_caveats") or []:
+            lines.append(f"- {', '.join(lead_cells(r, lead_columns(result.summary)))} q {q_cell(r)}: {caveat}")
+    return lines
+
+
 def write_markdown(path: Path, result: Any, options: Mapping[str, Any]) -> Path:
     """``sweep.md``: per-cell table, diagnostics, per-site Hoyer, every run, the plots and the shared options."""
     m = result.metric
@@ -266,39 +380,54 @@ def write_markdown(path: Path, result: Any, options: Mapping[str, Any]) -> Path:
         f"Mean ± sample standard deviation over seeds (n seeds per row) of the final eval {m} and of the "
         "Hoyer sparsity of the activations entering the Sparseout sites (0 dense .. 1 one-hot). "
         f"q = {BASELINE_Q:g} is plain dropout at the same sites: the dropout baseline. "
-        f"{unit} is training throughput; time vs dropout is the training time per unit relative to the "
-        "q = 2 run of the same p and seed (1.25 = 25 % slower).",
+        f"{unit} is training throughput; time vs dropout: see the note under the table.",
+        *(["", P0_NOTE] if any(r["p"] == 0 for r in result.summary) else []),
         "",
         "| " + " | ".join([*lead, "q", "n", m, "hoyer", "eval_loss", unit, "time vs dropout"]) + " |",
         "|---" * (len(lead) + 7) + "|",
     ]
     for r in result.summary:
-        cells = [*lead_cells(r, lead), _q_cell(r), str(r["n"])]
+        cells = [*lead_cells(r, lead), q_cell(r), str(r["n"])]
         cells += [format_mean_std(r.get(f"{k}_mean"), r.get(f"{k}_std")) for k in (m, "hoyer", "eval_loss")]
         thr = r.get("throughput_mean")
         cells.append("" if thr is None else f"{thr:.0f}")
-        cells.append(format_mean_std(r.get("time_vs_dropout_mean"), r.get("time_vs_dropout_std")))
+        cells.append(time_cell(r))
         lines.append("| " + " | ".join(cells) + " |")
+    lines += timing_lines(result)
+    lines += comparison_lines(result)
     lines += _diagnostic_lines(result)
     lines += _curve_lines(result)
     lines += ["", f"![sweep]({FILES['plot']})"]
     site_lines = _site_tables(result)
     if site_lines:
         lines += ["", "## Hoyer sparsity per site", *site_lines, "", f"![per-site Hoyer]({FILES['site_plot']})"]
-    lines += ["", "## Runs", "", f"| run | {m} | hoyer | eval_loss | steps |", "|---|---|---|---|---|"]
+    lines += ["", "## Runs", "", f"| run | {m} | hoyer | eval_loss | steps | step time (median, IQR) |"]
+    lines.append("|---|---|---|---|---|---|")
     for r in result.runs:
         values = [f"{r[k]:.4g}" if isinstance(r.get(k), float) else str(r.get(k)) for k in (m, "hoyer", "eval_loss")]
-        lines.append(f"| [{r['dir']}]({r['dir']}/report.md) | " + " | ".join(values) + f" | {r['steps']} |")
+        steady = steady_state(r.get("step_seconds"))
+        step = "" if steady is None else f"{steady['median']:.3g} s ± {100 * steady['spread']:.0f} %"
+        lines.append(f"| [{r['dir']}]({r['dir']}/report.md) | " + " | ".join(values) + f" | {r['steps']} | {step} |")
     lines += ["", "## Options (every run)", "", "```json", json.dumps(dict(options), indent=2, default=str), "```", ""]
     path.write_text("\n".join(lines))
     return path
 
 
+def _control_line(ax: Any, row: Mapping[str, Any], metric: str, colour: str, label: str) -> None:
+    """A control's mean metric as a dotted horizontal line with a ±1 std band."""
+    mean, std = row[f"{metric}_mean"], row[f"{metric}_std"] or 0.0
+    if mean is None:
+        return
+    ax.axhline(mean, color=colour, ls=":", lw=1.2, label=label)
+    if std:
+        ax.axhspan(mean - std, mean + std, color=colour, alpha=0.12)
+
+
 def write_plot(path: Path, result: Any) -> Path:
     """``sweep.png``: the metric (left axis) and Hoyer sparsity (right axis) against q, error bars over seeds.
 
-    One colour per series (p, noise mode, penalty); the dropout baseline (q = 2) is a horizontal line
-    with a ±1 std band.
+    One colour per series (p, noise mode, penalty); the controls (dropout: q = 2; p = 0) are horizontal
+    lines with a ±1 std band.
     """
     plt = require_matplotlib("the sweep's plot (sweep.png)")
 
@@ -313,6 +442,9 @@ def write_plot(path: Path, result: Any) -> Path:
         name = series_label(key) or ("model's p" if len(lines) > 1 else "")
         tag = f" ({name})" if name else ""
         qs = [r["q"] for r in rows]
+        if key[0] == 0:  # the p = 0 control: a level, not a point at some q
+            _control_line(ax, rows[0], m, colour, f"{P0}" + (f" ({series_label(key, with_p=False)})" if key[2] else ""))
+            continue
 
         def err(k: str, rows: list[dict[str, Any]] = rows) -> list[float]:
             return [r[f"{k}_std"] or 0.0 for r in rows]
@@ -322,11 +454,8 @@ def write_plot(path: Path, result: Any) -> Path:
         hoyer = [r["hoyer_mean"] for r in rows]
         ax2.errorbar(qs, hoyer, yerr=err("hoyer"), color=colour, marker="s", ls="--", capsize=3, label=f"Hoyer{tag}")
         base = next((r for r in rows if r["baseline"]), None)
-        if base is not None and base[f"{m}_mean"] is not None:
-            mean, std = base[f"{m}_mean"], base[f"{m}_std"] or 0.0
-            ax.axhline(mean, color=colour, ls=":", lw=1.2, label=f"dropout baseline (q={BASELINE_Q:g}){tag}")
-            if std:
-                ax.axhspan(mean - std, mean + std, color=colour, alpha=0.12)
+        if base is not None:
+            _control_line(ax, base, m, colour, f"{DROPOUT}{tag}")
     ax.set(xlabel="q (Sparseout exponent; 2 = dropout)", ylabel=f"{label}, solid")
     ax2.set_ylabel("Hoyer sparsity, dashed (0 dense .. 1 one-hot)")
     n = sorted({r["n"] for r in result.summary})

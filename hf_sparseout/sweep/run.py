@@ -34,6 +34,7 @@ from hf_sparseout.sweep.report import FILES, aggregate, write_markdown, write_pl
 from hf_sparseout.training import checkpoints
 from hf_sparseout.training.args import FinetuneArgs, UsageError
 from hf_sparseout.training.reporting import headline
+from hf_sparseout.training.run_names import canonical_metrics
 from hf_sparseout.training.run_options import differing, effective_options, recorded_options
 
 logger = get_logger(__name__)
@@ -125,10 +126,10 @@ def _check_recorded_options(root: Path, args: FinetuneArgs, points: list[GridPoi
 
 def read_record(root: Path, point: GridPoint, status: str) -> tuple[str, dict[str, Any]]:
     """``(task, record)`` of a finished run: the values ``report.aggregate`` summarises."""
-    data = json.loads((root / point.relative_dir / "metrics.json").read_text())
-    row = next(r for r in data["summary"] if r["run"] == "sparseout")
+    data = canonical_metrics(json.loads((root / point.relative_dir / "metrics.json").read_text()))
+    row = data["summary"][0]  # the main run (a sweep's runs have no controls): sparseout, dropout or p=0
     key, _ = headline(data["task"])
-    run = data.get("runs", {}).get("sparseout", {})
+    run = data.get("runs", {}).get(row["run"], {})
     record = {
         "p": point.p,
         "q": point.q,
@@ -158,6 +159,8 @@ def read_record(root: Path, point: GridPoint, status: str) -> tuple[str, dict[st
     record["mean_abs"] = ((run.get("sparsity") or {}).get("overall") or {}).get("mean_abs")
     record["throughput"] = run.get("throughput")
     record["throughput_unit"] = run.get("throughput_unit")
+    record["step_seconds"] = run.get("step_seconds")  # absent from runs written before them
+    record["conditions"] = run.get("conditions")
     record["sites"] = {s: v.get("hoyer") for s, v in (run.get("sparsity") or {}).get("sites", {}).items()}
     return data["task"], record
 

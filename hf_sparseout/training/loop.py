@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 
 import hf_sparseout
 from hf_sparseout.logs import get_logger
-from hf_sparseout.training import checkpoints, threshold_curve
+from hf_sparseout.training import checkpoints, run_names, threshold_curve, timing
 from hf_sparseout.training.args import FinetuneArgs, UsageError
 from hf_sparseout.training.diagnostics import EvalRecord, best_eval, grad_norm_summary, mean_since
 from hf_sparseout.training.evaluation import Batch, evaluate
@@ -83,6 +83,10 @@ class RunResult:
     grad_norms: list[tuple[int, float]] = field(default_factory=list)
     """Gradient norm before clipping at every optimizer step."""
     log_every: int = 1
+    step_seconds: list[float] = field(default_factory=list)
+    """Wall time of each optimizer step this process trained (evaluations and checkpoints excluded)."""
+    conditions: dict[str, Any] = field(default_factory=dict)
+    """What the step times ran under (``timing.run_conditions``, with ``load_end``)."""
 
     @property
     def final(self) -> EvalRecord:
@@ -120,7 +124,7 @@ class RunContext:
 
     inputs: RunInputs
     name: str
-    """``sparseout``, ``baseline`` or ``p0``: the log prefix, the tracker prefix, ``checkpoints/<name>``."""
+    """``sparseout``, ``dropout`` or ``p=0`` (``run_names``): the log prefix and the tracker prefix."""
     q: float
     model: nn.Module
     """Prepared by accelerate (wrapped under DDP); ``accelerator.unwrap_model`` gives the patched model."""
@@ -152,6 +156,8 @@ class RunContext:
     """Tokens (causal LM) or samples seen by every process, for the throughput."""
     start: float = 0.0
     """``time.perf_counter()`` when training started."""
+    step_start: float = 0.0
+    """``time.perf_counter()`` when the current optimizer step started (after the previous step's evaluation)."""
     last_save: float = 0.0
     """``time.monotonic()`` at the start of training or the last checkpoint (``--save-minutes``)."""
     bar: tqdm | None = None
@@ -184,8 +190,9 @@ class OptimizerStep:
 def sparseout_config(args: FinetuneArgs, q: float, p: float | None = None) -> hf_sparseout.SparseoutConfig:
     """The patch for a run: the user's Sparseout options, with ``q`` (and ``p``, if given) for this run.
 
-    ``--noise`` is passed on when ``SparseoutConfig`` has a ``noise`` field (the scale-matched op of
-    issue 14); without it ``--noise matched`` is a usage error and ``raw`` is the op itself.
+    At p = 0 (the no-noise control) the attention probabilities are sites at p = 0 too, whatever
+    ``--attention`` says. ``--noise`` is passed on when ``SparseoutConfig`` has a ``noise`` field (the
+    scale-matched op of issue 14); without it ``--noise matched`` is a usage error and ``raw`` is the op itself.
     """
     extra: dict[str, str] = {}
     if "noise" in {f.name for f in dataclasses.fields(hf_sparseout.SparseoutConfig)}:
@@ -196,12 +203,13 @@ def sparseout_config(args: FinetuneArgs, q: float, p: float | None = None) -> hf
             f"--noise {args.noise} needs the scale-matched Sparseout op, which this hf-sparseout build does not have",
             "use --noise raw (the paper's op), or upgrade hf-sparseout",
         )
+    p = args.p if p is None else p
     return hf_sparseout.SparseoutConfig(
-        p=args.p if p is None else p,
+        p=p,
         q=q,
         targets=args.targets,
         exclude=args.exclude,
-        attention=args.attention,
+        attention="sparseout" if p == 0 else args.attention,  # p = 0: no noise, attention probabilities too
         insert=args.insert,
         gradient=args.gradient,
         **extra,
@@ -209,7 +217,7 @@ def sparseout_config(args: FinetuneArgs, q: float, p: float | None = None) -> hf
 
 
 def run(inputs: RunInputs, name: str, q: float, p: float | None = None, penalty: bool = False) -> RunResult:
-    """Train one model (``name`` = ``sparseout``, ``baseline`` or ``p0``) and evaluate it along the way.
+    """Train one model (``name`` = ``sparseout``, ``dropout`` or ``p=0``: ``run_names``) and evaluate it along the way.
 
     ``p`` overrides ``args.p`` for every site (0 for the p = 0 control); ``penalty`` adds
     ``--lq-penalty`` to the loss. Before training, the untrained model's sparsity on the eval data
@@ -260,8 +268,8 @@ def prepare_run(inputs: RunInputs, name: str, q: float, p: float | None = None, 
         eval_dl=eval_dl,
         lq=lq,
         result=result,
-        signature=_signature(args, model, name, q),
-        ckpt_dir=checkpoints.run_dir(args.output_dir, name),
+        signature=_signature(args, model, run_names.run_directory(args, name), q),
+        ckpt_dir=checkpoints.run_dir(args.output_dir, run_names.run_directory(args, name)),
         total=total,
         eval_every=eval_every,
     )
@@ -407,10 +415,12 @@ def train(ctx: RunContext) -> None:
     ctx.bar = tqdm(
         total=ctx.total,
         initial=ctx.result.global_step,
-        desc=f"{ctx.name} (q={ctx.q:g})",
+        desc=run_names.run_label(ctx.name, ctx.q),
         disable=not ctx.accelerator.is_local_main_process,
     )
+    ctx.result.conditions = timing.run_conditions(ctx.accelerator.num_processes)
     ctx.start, ctx.seen_units = time.perf_counter(), 0
+    ctx.step_start = ctx.start
     ctx.last_save = time.monotonic()
     ctx.model.train()
     ctx.running_loss = torch.zeros(())
@@ -435,6 +445,7 @@ def train_epoch(ctx: RunContext) -> bool:
             evaluate_and_record(ctx)
         if checkpoint_due(ctx):
             save_checkpoint(ctx)
+        ctx.step_start = time.perf_counter()  # the next step's time leaves out this evaluation and checkpoint
         if ctx.result.global_step >= ctx.total:
             return True
     return False
@@ -481,6 +492,7 @@ def record_step(ctx: RunContext, step: OptimizerStep) -> None:
     # one sync per optimizer step, for the log, the progress bar and the gradient norm
     norm_t = torch.as_tensor(float("nan") if step.grad_norm is None else step.grad_norm, dtype=running.dtype)
     avg, norm = torch.stack([running, norm_t.to(running.device)]).tolist()
+    result.step_seconds.append(time.perf_counter() - ctx.step_start)  # after the sync: the device's work too
     result.grad_norms.append((result.global_step, norm))
     ctx.running_loss = torch.zeros((), device=step.device)
     result.train_loss.append((result.global_step, avg))
@@ -543,6 +555,7 @@ def finish(ctx: RunContext) -> None:
     if ctx.bar is not None:
         ctx.bar.close()
     result.train_seconds = time.perf_counter() - ctx.start
+    result.conditions["load_end"] = timing.load_average()
     result.throughput = ctx.seen_units / max(result.train_seconds, 1e-9)
     result.throughput_unit = "tokens/s" if ctx.task == "causal-lm" else "samples/s"
     if torch.cuda.is_available():

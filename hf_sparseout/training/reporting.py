@@ -11,6 +11,7 @@ from hf_sparseout.optional import require_matplotlib
 from hf_sparseout.training.args import FinetuneArgs
 from hf_sparseout.training.diagnostics import EvalRecord
 from hf_sparseout.training.loop import RunResult
+from hf_sparseout.training.run_names import DROPOUT, P0, q_label, run_label
 from hf_sparseout.training.run_options import effective_noise
 
 if TYPE_CHECKING:
@@ -68,6 +69,13 @@ def summary_rows(results: list[RunResult], task: str) -> list[SummaryRow]:
     return rows
 
 
+def _q_or(row: SummaryRow, column: str, cell: Callable[[object], str]) -> str:
+    """A summary table's cell: q as ``–`` for the p = 0 run (``run_names.q_label``), else ``cell(value)``."""
+    if column == "q" and isinstance(row.get("q"), float):
+        return q_label(str(row["run"]), row["q"])
+    return cell(row.get(column))
+
+
 def unmeasured_sites(result: RunResult) -> list[str]:
     """Sparseout sites of ``result`` that the eval pass never reached (attention probabilities)."""
     measured = set(result.sparsity.get("sites", {}))
@@ -101,6 +109,8 @@ def write_metrics(
                 "sites_not_measured": unmeasured_sites(r),
                 "sites": [s.__dict__ for s in r.report.sites],
                 "train_seconds": r.train_seconds,
+                "step_seconds": r.step_seconds,
+                "conditions": r.conditions,
                 "throughput": r.throughput,
                 "throughput_unit": r.throughput_unit,
                 "peak_memory_mb": r.peak_memory_mb,
@@ -122,7 +132,7 @@ def write_plots(out: Path, results: list[RunResult], task: str) -> dict[str, str
     fig, ax = plt.subplots(figsize=(7, 4))
     for r in results:
         steps, losses = zip(*r.train_loss, strict=True) if r.train_loss else ((), ())
-        ax.plot(steps, losses, label=f"{r.name} (q={r.q:g})", alpha=0.85)
+        ax.plot(steps, losses, label=run_label(r.name, r.q), alpha=0.85)
     ax.set(xlabel="optimizer step", ylabel="training loss", title="Training loss")
     ax.legend()
     fig.tight_layout()
@@ -131,7 +141,7 @@ def write_plots(out: Path, results: list[RunResult], task: str) -> dict[str, str
 
     fig, ax = plt.subplots(figsize=(7, 4))
     for r in results:
-        ax.plot([e["step"] for e in r.evals], [e.get(key) for e in r.evals], marker="o", label=f"{r.name} (q={r.q:g})")
+        ax.plot([e["step"] for e in r.evals], [e.get(key) for e in r.evals], marker="o", label=run_label(r.name, r.q))
     ax.set(xlabel="optimizer step", ylabel=label, title=f"Eval {key}")
     ax.legend()
     fig.tight_layout()
@@ -143,7 +153,7 @@ def write_plots(out: Path, results: list[RunResult], task: str) -> dict[str, str
     width = 0.8 / len(results)
     for i, r in enumerate(results):
         values = [r.sparsity.get("sites", {}).get(s, {}).get("hoyer", float("nan")) for s in sites]
-        ax.bar([x + i * width for x in range(len(sites))], values, width=width, label=f"{r.name} (q={r.q:g})")
+        ax.bar([x + i * width for x in range(len(sites))], values, width=width, label=run_label(r.name, r.q))
     ax.set_xticks([x + width * (len(results) - 1) / 2 for x in range(len(sites))])
     ax.set_xticklabels(sites, rotation=70, ha="right", fontsize=7)
     ax.set(ylabel="Hoyer sparsity (0 dense .. 1 one-hot)")
@@ -153,7 +163,7 @@ def write_plots(out: Path, results: list[RunResult], task: str) -> dict[str, str
     fig.savefig(out / PLOTS["per_site_hoyer"], dpi=120)
     plt.close(fig)
     written = dict(PLOTS)
-    curves = {f"{r.name} (q={r.q:g})": r.curve for r in results if r.curve is not None}
+    curves = {run_label(r.name, r.q): r.curve for r in results if r.curve is not None}
     if curves:
         from hf_sparseout.metrics.threshold_plot import plot_sparsity_curves
 
@@ -208,7 +218,7 @@ def write_report(out: Path, args: FinetuneArgs, results: list[RunResult], task: 
 
     lines = [f"# hf-sparseout finetune: {task}", "", f"Data: {data_source}.", ""]
     lines += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(cell(r.get(c)) for c in columns) + " |" for r in rows]
+    lines += ["| " + " | ".join(_q_or(r, c, cell) for c in columns) + " |" for r in rows]
     sites = list(results[0].sparsity.get("sites", {}))
     unmeasured = unmeasured_sites(results[0])
     if sites or unmeasured:
@@ -278,8 +288,8 @@ def write_run_file(
         },
         "results": {
             "sparseout": final(main),
-            "baseline": next((final(r) for r in results if r.name == "baseline"), None),
-            "p0": next((final(r) for r in results if r.name == "p0"), None),
+            "baseline": next((final(r) for r in results[1:] if r.name == DROPOUT), None),
+            "p0": next((final(r) for r in results[1:] if r.name == P0), None),
         },
         "plots": dict(PLOTS),
     }
@@ -310,7 +320,12 @@ def print_summary(results: list[RunResult], task: str) -> None:
     for c in columns:
         table.add_column(shown[c], justify="left" if c == "run" else "right")
     for r in rows:
-        table.add_row(*(f"{r[c]:.4g}" if isinstance(r.get(c), float) else str(r.get(c, "")) for c in columns))
+        table.add_row(
+            *(
+                _q_or(r, c, lambda v: f"{v:.4g}" if isinstance(v, float) else ("" if v is None else str(v)))
+                for c in columns
+            )
+        )
     console.print(table)
 
 

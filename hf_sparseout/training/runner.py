@@ -13,7 +13,7 @@ from hf_sparseout.integrations.distributed import check_launch
 from hf_sparseout.logs import get_logger
 from hf_sparseout.optional import MATPLOTLIB, require
 from hf_sparseout.outdir_lock import entries, hold_output_dir, refuse_if_held
-from hf_sparseout.training import checkpoints, reporting
+from hf_sparseout.training import checkpoints, reporting, run_names
 from hf_sparseout.training.args import FinetuneArgs, UsageError
 from hf_sparseout.training.data import infer_task, load_raw, pick_splits, prepare, text_column
 from hf_sparseout.training.loop import RunInputs, RunResult, run, save_final, sparseout_config
@@ -27,17 +27,10 @@ if TYPE_CHECKING:
 
 logger = get_logger(__name__)
 
-CONTROLS = ("baseline", "p0")
-"""The control runs beside the main one: ``baseline`` (plain dropout, q = 2) and ``p0`` (p = 0), same sites."""
-
-
-def control_runs(baseline: bool | str | None) -> list[str]:
-    """Which control runs ``--baseline`` asks for: dropout (or True) -> baseline, none -> p0, both -> both."""
-    if not baseline:
-        return []
-    return {"dropout": ["baseline"], "none": ["p0"], "both": ["baseline", "p0"]}[
-        "dropout" if baseline is True else baseline
-    ]
+CONTROLS = tuple(run_names.DIRECTORIES.values())
+"""The directories of the control runs beside the main one: ``baseline`` (the ``dropout`` run, q = 2) and
+``p0`` (the ``p=0`` run), same sites (``run_names``)."""
+control_runs = run_names.controls
 
 
 @dataclass
@@ -263,14 +256,15 @@ def _train(args: FinetuneArgs, out: Path, end_training: bool) -> FinetuneOutcome
         write_run_options(out, args, task)
     try:
         # The controls share the seed, data order and sites; only the main run gets --lq-penalty.
-        results = [run(inputs, "sparseout", args.q, penalty=True)]
+        results = [run(inputs, run_names.main_name(args), args.q, penalty=True)]
         for name in control_runs(args.baseline):
-            results.append(run(inputs, name, 2.0, p=0.0 if name == "p0" else None))
+            results.append(run(inputs, name, 2.0, p=0.0 if name == run_names.P0 else None))
     except HfSparseoutError:  # bad input found while preparing a run (a pattern matching nothing): leave nothing
         if accelerator.is_main_process and not _checkpoints_in(out):
             (out / RUN_OPTIONS_FILE).unlink(missing_ok=True)
         raise
-    directories = [out, *(out / result.name for result in results[1:])]  # the main run's model at the top
+    # the main run's model at the top, each control's in its directory
+    directories = [out, *(out / run_names.run_directory(args, result.name) for result in results[1:])]
     for result, directory in zip(results, directories, strict=True):
         save_final(result, accelerator, tokenizer, directory)
     files: dict[str, str] = {}
