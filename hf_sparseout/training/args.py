@@ -209,8 +209,9 @@ class FinetuneArgs:
         default=None,
         metadata={
             "help": "Modules whose input is thresholded (names, dotted suffixes or 're:<regex>'; repeat or "
-            "comma-separate), or 'teal' (adds the attention output projection) or 'sparseout' (the Sparseout "
-            "sites). Default: attention and MLP input projections and the MLP down-projection of the family."
+            "comma-separate), or a named set: 'teal' (the default: every weight matrix inside the transformer "
+            "blocks, as TEAL), 'family' (the former default: the family's attention and MLP input projections "
+            "and MLP down-projection) or 'sparseout' (the Sparseout sites)."
         },
     )
 

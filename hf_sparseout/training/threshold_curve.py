@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from torch import nn
 from torch.utils.data import DataLoader
 
+from hf_sparseout.metrics.threshold_sites import NAMED_SETS
 from hf_sparseout.training.args import FinetuneArgs, UsageError
 
 if TYPE_CHECKING:
@@ -41,7 +42,7 @@ def check_sites(model: nn.Module, args: FinetuneArgs) -> None:
 
 def _sites(args: FinetuneArgs) -> str | list[str] | None:
     sites = args.sparsity_sites
-    if sites and len(sites) == 1 and sites[0] in ("teal", "sparseout"):
+    if sites and len(sites) == 1 and sites[0] in NAMED_SETS:
         return sites[0]
     return sites or None
 
