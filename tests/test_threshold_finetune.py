@@ -35,8 +35,12 @@ def test_curve_for_every_run_in_metrics_report_plot_and_thresholds(tmp_path):
         curve, final = run["sparsity_curve"], run["evals"][-1]
         assert [p["target"] for p in curve["points"]] == [0.0, 0.3, 0.6]
         # the final eval is the unthresholded reference; the other targets are fresh eval passes
-        assert curve["reference"] == final["perplexity"] == curve["points"][0]["metrics"]["perplexity"]
-        assert curve["points"][0]["measured_on"] == "calibration"
+        # the unthresholded reference is measured on the curve's own (capped) eval set
+        assert curve["reference"] == curve["points"][0]["metrics"]["perplexity"]
+        assert curve["points"][0]["measured_on"] == "evaluation"
+        assert curve["eval"]["samples"] == 8 and curve["eval"]["tokens"] == 8 * 16
+        assert curve["calibration"]["samples"] > 0 and curve["calibration"]["tokens"] > 0
+        assert final["metric_at_sparsity"] == curve["metric_at_sparsity"]
         reached = [p["sparsity"] for p in curve["points"]]
         assert reached[0] < 0.01 < reached[1] < reached[2] < 0.9
         assert final["sparsity_at_1pct"] == curve["sparsity_at_1pct"] is not None
@@ -45,9 +49,10 @@ def test_curve_for_every_run_in_metrics_report_plot_and_thresholds(tmp_path):
         assert row["sparsity_at_1pct"] == curve["sparsity_at_1pct"]
         saved = Calibration.load(directory / "thresholds.json")
         assert saved.targets == [0.0, 0.3, 0.6]
-        roles = ("attn.c_attn", "mlp.c_fc", "mlp.c_proj")
+        roles = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")  # teal: every matrix of the blocks
         assert set(saved.sites) == {f"transformer.h.{i}.{s}" for i in range(2) for s in roles}
         assert list(saved.sites) == curve["sites"]
+        assert saved.meta["calibration"] == curve["calibration"]
     report = (out / "report.md").read_text()
     assert "## Deployable sparsity" in report and "![sparsity curve](sparsity_curve.png)" in report
     assert (out / "sparsity_curve.png").read_bytes()[:4] == b"\x89PNG"
@@ -73,6 +78,40 @@ def _fails(tmp_path, *args: str, expect: str) -> None:
 def test_bad_curve_options_exit_2(tmp_path, args, expect):
     data = write_text_corpus(tmp_path / "txt")
     _fails(tmp_path, "--dataset", str(data), *TINY, *args, expect=expect)
+
+
+def test_sites_eval_never_reaches_are_refused_before_training(tmp_path):
+    data = write_text_corpus(tmp_path / "txt")
+    out = tmp_path / "out"
+    site = "transformer.h.0.attn.attn_dropout"
+    result = invoke(
+        "--dataset", str(data), *TINY, "--sparsity-curve", "--sparsity-sites", site, "--output-dir", str(out)
+    )
+    assert result.exit_code == 2, result.output[-3000:]
+    text = _flat(result.output)
+    assert site in text and "eval" in text and "Traceback" not in result.output
+    assert not out.exists() or not any(out.iterdir()), "nothing trained, saved or checkpointed"
+
+
+def test_check_sites_passes_reached_sites_and_names_the_others():
+    import torch
+    from curve_helpers import tiny_gpt2
+
+    import hf_sparseout
+    from hf_sparseout.training.args import FinetuneArgs, UsageError
+    from hf_sparseout.training.threshold_curve import check_sites
+
+    model = tiny_gpt2()
+    hf_sparseout.patch(model, hf_sparseout.SparseoutConfig(p=0.1, q=1.5, attention="sparseout"))
+    example = {"input_ids": torch.randint(1, 100, (1, 8))}
+    sites = ["transformer.h.0.mlp.c_fc", ".*attn\\.attn_dropout"]
+    with pytest.raises(UsageError, match="never reached in eval mode") as info:
+        check_sites(model, FinetuneArgs(sparsity_curve=True, sparsity_sites=sites), example)
+    assert "transformer.h.1.attn.attn_dropout" in str(info.value) and "c_fc" not in str(info.value)
+    assert "attention" in info.value.hint
+    assert model.training  # the check leaves the model as it found it
+    for ok in (["transformer.h.0.mlp.c_fc"], ["sparseout"], None):  # sparseout: unreached ones are skipped
+        check_sites(model, FinetuneArgs(sparsity_curve=True, sparsity_sites=ok), example)
 
 
 def test_sweep_aggregates_the_headline_over_seeds():
