@@ -53,8 +53,15 @@ def test_curve_for_every_run_in_metrics_report_plot_and_thresholds(tmp_path):
         assert set(saved.sites) == {f"transformer.h.{i}.{s}" for i in range(2) for s in roles}
         assert list(saved.sites) == curve["sites"]
         assert saved.meta["calibration"] == curve["calibration"]
-    report = (out / "report.md").read_text()
+    report = _flat((out / "report.md").read_text())
     assert "## Deployable sparsity" in report and "![sparsity curve](sparsity_curve.png)" in report
+    ev, cal = (
+        metrics["runs"]["sparseout"]["sparsity_curve"]["eval"],
+        metrics["runs"]["sparseout"]["sparsity_curve"]["calibration"],
+    )
+    assert f"the first {ev['samples']} of the {ev['of']} eval blocks ({ev['tokens']} tokens" in report
+    assert f"calibrated on {cal['samples']} training blocks ({cal['tokens']} tokens)" in report
+    assert "perplexity at 0.25" in report
     assert (out / "sparsity_curve.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -73,6 +80,8 @@ def _fails(tmp_path, *args: str, expect: str) -> None:
         (["--sparsity-curve", "--sparsity-targets", "0.2,half"], "must be comma-separated numbers"),
         (["--sparsity-targets", "0.5"], "only used with --sparsity-curve"),
         (["--sparsity-curve", "--sparsity-sites", "mlp.nothing"], "match no module"),
+        (["--sparsity-curve", "--sparsity-eval-samples", "0"], "--sparsity-eval-samples must be >= 1"),
+        (["--sparsity-eval-samples", "8"], "only used with --sparsity-curve"),
     ],
 )
 def test_bad_curve_options_exit_2(tmp_path, args, expect):
@@ -157,19 +166,21 @@ def test_sweep_passes_the_curve_to_every_run_and_reports_mean_std(tmp_path):
 def test_two_processes_give_the_one_process_curve(tmp_path):
     """Under `accelerate launch` (2 CPU processes, gloo) every curve point equals the 1-process run's.
 
-    7 eval blocks in batches of 2: the last batch is uneven, so accelerate's duplicated samples must be
-    left out of the reached-sparsity counts as they are of the perplexity.
+    The curve's 7 eval blocks (of 9) in batches of 2: the last batch is uneven, so accelerate's duplicated
+    samples must be left out of the reached-sparsity counts as they are of the perplexity.
     """
     from finetune_helpers import LAUNCH, SINGLE
     from finetune_helpers import run_metrics as _run
 
     data = write_text_corpus(tmp_path / "txt")
-    common = ["--dataset", str(data), *FAST, "--max-eval-samples", "7", "--batch-size", "2", "--max-steps", "0"]
+    common = ["--dataset", str(data), *FAST, "--max-eval-samples", "9", "--batch-size", "2", "--max-steps", "0"]
+    common += ["--sparsity-eval-samples", "7"]  # the curve's own set: the first 7 of the 9 eval blocks
     one = _run(SINGLE, tmp_path / "one", *common, *CURVE)
     two = _run(LAUNCH, tmp_path / "two", *common, *CURVE)
     assert (one["num_processes"], two["num_processes"]) == (1, 2)
     c1, c2 = one["runs"]["sparseout"]["sparsity_curve"], two["runs"]["sparseout"]["sparsity_curve"]
     assert len(c1["points"]) == len(c2["points"]) == 3
+    assert c1["eval"]["samples"] == c2["eval"]["samples"] == 7
     for p1, p2 in zip(c1["points"], c2["points"], strict=True):
         assert p1["metrics"]["perplexity"] == pytest.approx(p2["metrics"]["perplexity"], rel=1e-6)
         assert p1["sparsity"] == pytest.approx(p2["sparsity"], rel=1e-6, abs=1e-9)

@@ -114,8 +114,6 @@ def _evaluate(
     else:
         batches = dataloader
     for batch in batches:
-        if progress is not None:
-            progress.update(1)
         if monitor is not None:
             monitor.set_attention_mask(_duplicate_free_mask(batch, accelerator))
         outputs = model(**{k: v for k, v in batch.items() if k != "labels"})
@@ -132,6 +130,8 @@ def _evaluate(
             references.append(labels.cpu())
             nll_sum += nll.sum().cpu()
             token_count += nll.numel()
+        if progress is not None:
+            progress.update(1)
     loss = (nll_sum / token_count).item() if token_count > 0 else float("nan")
     if task == "causal-lm":
         return {"eval_loss": loss, "perplexity": math.exp(min(loss, 700.0)), "eval_tokens": int(token_count.item())}

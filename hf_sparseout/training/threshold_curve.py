@@ -268,7 +268,8 @@ def final_curve(ctx: RunContext) -> RunSparsityCurve:
         f"{len(inputs.eval_set)} eval {unit} ({evaluation['tokens']} tokens a pass; --sparsity-eval-samples) + "
         f"calibration on {len(calib_set)} held-out training {unit} ({calibration_info['tokens']} tokens): {cost}"
     )
-    if estimate is not None and ctx.result.train_seconds and estimate > ctx.result.train_seconds:
+    trained = ctx.result.train_seconds if ctx.result.global_step > 0 else 0.0
+    if estimate is not None and trained and estimate > trained:
         logger.warning(
             f"[{ctx.name}] the sparsity curve will take longer than the training run "
             f"({ctx.result.train_seconds:.0f} s); lower --sparsity-eval-samples or give fewer --sparsity-targets"
