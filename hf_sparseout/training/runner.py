@@ -221,7 +221,9 @@ def finetune(args: FinetuneArgs, end_training: bool = True) -> FinetuneOutcome:
         tokenizer = train_tokenizer([t for t in train[text_column(train, args)] if isinstance(t, str)])
     prepared = prepare(args, tokenizer, task, train, evaluation)
     train_set, calibration_set = split_calibration(prepared.train, args)  # --sparsity-curve's held-out examples
-    held_out = f" (+ {len(calibration_set)} held out to calibrate the sparsity curve)" if calibration_set else ""
+    held_out = ""
+    if calibration_set is not None:
+        held_out = f" (+ {len(calibration_set)} held out to calibrate the sparsity curve)"
     logger.info(
         f"task: {task}; data: {source}; model: {model_name or 'from config ' + str(from_config)}; "
         f"train {len(train_set)}{held_out} / eval {len(prepared.eval)} "
