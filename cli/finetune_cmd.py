@@ -174,6 +174,9 @@ def finetune(
     sparsity_curve: Annotated[bool, option("sparsity_curve", CURVE, "--sparsity-curve")] = DEFAULTS.sparsity_curve,
     sparsity_targets: Annotated[str | None, option("sparsity_targets", CURVE)] = DEFAULTS.sparsity_targets,
     sparsity_sites: Annotated[list[str] | None, option("sparsity_sites", CURVE)] = DEFAULTS.sparsity_sites,
+    sparsity_eval_samples: Annotated[
+        int | None, option("sparsity_eval_samples", CURVE)
+    ] = DEFAULTS.sparsity_eval_samples,
     fmt: Annotated[
         OutputFormat,
         typer.Option(

@@ -140,7 +140,7 @@ def test_padding_is_excluded_from_calibration_and_counts() -> None:
 
 
 def test_family_defaults_pick_the_weight_matrices() -> None:
-    # (arch, head, default sites per layer, with "teal")
+    # (arch, head, "family" sites per layer, default ("teal") sites per layer)
     cases = [
         ("gpt2", "causal-lm", 3, 4),
         ("bert", "seq-cls", 5, 6),
@@ -152,8 +152,8 @@ def test_family_defaults_pick_the_weight_matrices() -> None:
     for arch, head, per_layer, teal in cases:
         model = build(arch, head, "sdpa")
         default = select_sites(model)
-        assert len(default) == 2 * per_layer, (arch, list(default))
-        assert len(select_sites(model, "teal")) == 2 * teal, arch
+        assert len(select_sites(model, "family")) == 2 * per_layer, arch
+        assert len(default) == len(select_sites(model, "teal")) == 2 * teal, (arch, list(default))
         assert all(m.weight.dim() == 2 for m in default.values()), arch
         ids = torch.randint(3, 90, (2, 10))
         cal = calibrate(model, [{"input_ids": ids, "attention_mask": torch.ones_like(ids)}], targets=[0.5])

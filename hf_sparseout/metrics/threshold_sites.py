@@ -1,16 +1,19 @@
 """Which activations magnitude thresholding zeros: the inputs of a model's weight matrices.
 
-A *site* is a module whose **input** is thresholded (a forward pre-hook). The default sites are,
-per architecture family (by ``config.model_type``), the weight matrices reading
+A *site* is a module whose **input** is thresholded (a forward pre-hook). Named site sets:
 
-* ``attn_in``: the attention input projections (query/key/value),
-* ``mlp_in``: the MLP input projections (up, and gate where there is one),
-* ``mlp_down``: the MLP down-projection,
+* ``"teal"`` (the default, ``sites=None``): TEAL's set, every weight matrix inside the transformer
+  blocks (every ``nn.Linear`` and transformers ``Conv1D`` inside a module whose class is one of the
+  model's ``_no_split_modules``, or, for models that name none, inside the elements of its layer
+  lists): attention query/key/value and output projections, MLP up/gate/down, for any family;
+  embeddings, pooler, classifier and LM head lie outside the blocks and are excluded.
+* ``"family"`` (the default before TEAL's set): per architecture family (by ``config.model_type``),
+  the weight matrices reading ``attn_in`` (attention query/key/value), ``mlp_in`` (MLP up, and gate)
+  and ``mlp_down`` (MLP down-projection), leaving out ``attn_out`` (the attention output projection).
+* ``"sparseout"``: the Sparseout modules of a patched model (their input, i.e. the activations at the
+  dropout sites).
 
-and, with ``sites="teal"``, also ``attn_out`` (the attention output projection), which makes the
-set TEAL's (every weight matrix of the attention and MLP blocks; embeddings and LM head excluded).
-``sites="sparseout"`` picks the Sparseout modules of a patched model (their input, i.e. the
-activations at the dropout sites); a list of names, dotted suffixes or regexes picks any modules.
+Anything else is a list of names, dotted suffixes or full-match regexes picking any modules.
 """
 
 from __future__ import annotations
@@ -24,7 +27,9 @@ from hf_sparseout.patcher.patterns import abbreviate, name_matches
 
 ROLES: tuple[str, ...] = ("attn_in", "attn_out", "mlp_in", "mlp_down")
 DEFAULT_ROLES: tuple[str, ...] = ("attn_in", "mlp_in", "mlp_down")
-"""Roles thresholded by default (``sites=None``); ``sites="teal"`` uses all of :data:`ROLES`."""
+"""Roles of ``sites="family"`` (the default before ``"teal"``): every role but the attention output."""
+NAMED_SETS: tuple[str, ...] = ("teal", "family", "sparseout")
+"""Site sets chosen by name (``--sparsity-sites teal``); ``"teal"`` is the default."""
 
 _BERT = {
     "attn_in": r".*attention\.self\.(query|key|value)",
@@ -67,7 +72,7 @@ FAMILIES: dict[str, dict[str, str]] = {
         "mlp_down": r".*mlp\.dense_4h_to_h",
     },
 }
-"""Regexes (full match on module names) per family and role."""
+"""Regexes (full match on module names) per family and role (``sites="family"``)."""
 
 MODEL_TYPES: dict[str, str] = {
     "gpt2": "gpt2",
@@ -103,25 +108,78 @@ def family_of(model: nn.Module) -> str | None:
     return MODEL_TYPES.get(model_type) if isinstance(model_type, str) else None
 
 
+def _weight_matrix_types() -> tuple[type, ...]:
+    """``nn.Linear``, and transformers' ``Conv1D`` (GPT-2's, weight stored transposed) when importable."""
+    try:
+        from transformers.pytorch_utils import Conv1D
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        return (nn.Linear,)
+    return (nn.Linear, Conv1D)
+
+
+def blocks_of(model: nn.Module) -> list[str]:
+    """Names of the transformer blocks of ``model``, outermost only, in model order.
+
+    The modules whose class is one of ``model._no_split_modules`` (transformers' own list of the
+    blocks it never splits across devices), or, where the model names none (DistilBERT), the
+    elements of every ``nn.ModuleList`` whose elements share one class.
+    """
+    named = [(n, m) for n, m in model.named_modules() if n]
+    classes = set(getattr(model, "_no_split_modules", None) or ())
+    found = [n for n, m in named if type(m).__name__ in classes]
+    if not found:
+        lists = [(n, m) for n, m in named if isinstance(m, nn.ModuleList) and len(m) > 0]
+        found = [f"{n}.{i}" for n, m in lists if len({type(x) for x in m}) == 1 for i in range(len(m))]
+    outer: list[str] = []
+    for name in found:
+        if not any(name.startswith(o + ".") for o in outer):
+            outer.append(name)
+    return outer
+
+
+def teal_sites(model: nn.Module) -> dict[str, nn.Module]:
+    """TEAL's sites: every weight matrix (``nn.Linear``, ``Conv1D``) inside the blocks (:func:`blocks_of`).
+
+    Raises:
+        ThresholdError: the model has no blocks, or no weight matrix inside them.
+    """
+    named = [(n, m) for n, m in model.named_modules() if n]
+    blocks = blocks_of(model)
+    kinds = _weight_matrix_types()
+    found = {n: m for n, m in named if isinstance(m, kinds) and any(n.startswith(b + ".") for b in blocks)}
+    if not found:
+        raise ThresholdError(
+            f"no transformer blocks with weight matrices found in {type(model).__name__} "
+            "(no _no_split_modules and no list of layers): no default threshold sites",
+            f"pass sites=[module names or regexes] (--sparsity-sites); modules: {abbreviate([n for n, _ in named])}",
+        )
+    return found
+
+
 def select_sites(model: nn.Module, sites: str | Sequence[str] | None = None) -> dict[str, nn.Module]:
     """The modules whose input is thresholded, by name, in model order (see the module docstring).
 
+    ``None`` or ``"teal"``: every weight matrix of the blocks; ``"family"``: the family's attention
+    input, MLP input and down projections; ``"sparseout"``: the Sparseout modules; else patterns.
+
     Raises:
-        ThresholdError: an unknown family with default sites, a pattern that matches nothing,
-            ``"sparseout"`` on an unpatched model, or an empty list.
+        ThresholdError: no blocks (``"teal"``), an unknown family (``"family"``), a pattern that
+            matches nothing, ``"sparseout"`` on an unpatched model, or an empty list.
     """
     named = [(n, m) for n, m in model.named_modules() if n]
     if sites is None or sites == "teal":
+        return teal_sites(model)
+    if sites == "family":
         family = family_of(model)
         if family is None:
             model_type = getattr(getattr(model, "config", None), "model_type", None)
             raise ThresholdError(
-                f"no default threshold sites for model_type {model_type!r} ({type(model).__name__})",
-                f"pass sites=[module names or regexes] (--sparsity-sites); families with defaults: "
-                f"{sorted(MODEL_TYPES)}; modules: {abbreviate([n for n, _ in named])}",
+                f"no 'family' threshold sites for model_type {model_type!r} ({type(model).__name__})",
+                f"use sites='teal' (any model with transformer blocks), or pass sites=[module names or regexes] "
+                f"(--sparsity-sites); families with 'family' sites: {sorted(MODEL_TYPES)}; "
+                f"modules: {abbreviate([n for n, _ in named])}",
             )
-        roles = ROLES if sites == "teal" else DEFAULT_ROLES
-        patterns = [FAMILIES[family][role] for role in roles]
+        patterns = [FAMILIES[family][role] for role in DEFAULT_ROLES]
     elif sites == "sparseout":
         found = {n: m for n, m in named if isinstance(m, Sparseout)}
         if not found:

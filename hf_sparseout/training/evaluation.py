@@ -17,6 +17,7 @@ from torch import nn
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
+    from tqdm import tqdm
 
 Batch = dict[str, torch.Tensor]
 """One collated batch: ``input_ids``, ``attention_mask``, ``labels``, ... as tensors."""
@@ -63,14 +64,17 @@ def evaluate(
     task: str,
     num_labels: int | None = None,
     monitor: EvalObserver | None = None,
+    progress: tqdm | None = None,
 ) -> dict[str, float]:
     """Evaluate ``model`` on ``dataloader`` (already prepared); returns the gathered metrics.
 
     ``monitor`` (a ``SparsityMonitor``) is active during the same pass, so sparsity costs no extra pass.
+    ``progress``: a bar to advance by one per batch instead of the pass's own "eval" bar (the sparsity
+    curve's one bar over all its passes).
     """
     model.eval()
     with monitor if monitor is not None else contextlib.nullcontext():
-        return _evaluate(model, dataloader, accelerator, task, num_labels, monitor)
+        return _evaluate(model, dataloader, accelerator, task, num_labels, monitor, progress)
 
 
 def _duplicate_free_mask(batch: Mapping[str, torch.Tensor], accelerator: Accelerator) -> torch.Tensor | None:
@@ -98,14 +102,18 @@ def _evaluate(
     task: str,
     num_labels: int | None,
     monitor: EvalObserver | None = None,
+    progress: tqdm | None = None,
 ) -> dict[str, float]:
     nll_sum = torch.zeros((), dtype=torch.float64)
     token_count = torch.zeros((), dtype=torch.float64)
     predictions, references = [], []
     from tqdm.auto import tqdm
 
-    bar = tqdm(dataloader, desc="eval", leave=False, disable=not accelerator.is_local_main_process)
-    for batch in bar:
+    if progress is None:
+        batches = tqdm(dataloader, desc="eval", leave=False, disable=not accelerator.is_local_main_process)
+    else:
+        batches = dataloader
+    for batch in batches:
         if monitor is not None:
             monitor.set_attention_mask(_duplicate_free_mask(batch, accelerator))
         outputs = model(**{k: v for k, v in batch.items() if k != "labels"})
@@ -122,6 +130,8 @@ def _evaluate(
             references.append(labels.cpu())
             nll_sum += nll.sum().cpu()
             token_count += nll.numel()
+        if progress is not None:
+            progress.update(1)
     loss = (nll_sum / token_count).item() if token_count > 0 else float("nan")
     if task == "causal-lm":
         return {"eval_loss": loss, "perplexity": math.exp(min(loss, 700.0)), "eval_tokens": int(token_count.item())}

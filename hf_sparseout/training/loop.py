@@ -116,6 +116,8 @@ class RunInputs:
     collate: Collate
     task: str
     num_labels: int | None
+    calibration_set: Dataset | None = None
+    """``--sparsity-curve``: training examples held out of training to calibrate thresholds (else None)."""
 
 
 @dataclass
@@ -161,6 +163,8 @@ class RunContext:
     last_save: float = 0.0
     """``time.monotonic()`` at the start of training or the last checkpoint (``--save-minutes``)."""
     bar: tqdm | None = None
+    last_eval_seconds: float | None = None
+    """How long the last eval pass took (the sparsity curve's cost estimate scales it)."""
 
     @property
     def args(self) -> FinetuneArgs:
@@ -290,7 +294,8 @@ def _patched_model(inputs: RunInputs, q: float, p: float | None) -> tuple[nn.Mod
         report = hf_sparseout.patch(model, sparseout_config(args, q, p))
     except ValueError as err:  # a pattern that matches nothing in this model, nothing to patch, ...
         raise UsageError(str(err), "run hf-sparseout inspect on the model to see its sites") from err
-    threshold_curve.check_sites(model, args)  # --sparsity-sites must match before any training
+    # --sparsity-sites must match, and be reached in eval, before any training
+    threshold_curve.check_sites(model, args, threshold_curve.probe_batch(inputs))
     return model, report
 
 
@@ -372,9 +377,11 @@ def _resume(ctx: RunContext, spec: str) -> None:
 def measure(ctx: RunContext) -> tuple[EvalRecord, dict[str, Any]]:
     """One eval pass with a ``SparsityMonitor``: (gathered metrics with overall sparsity, ``summarize`` output)."""
     monitor = make_monitor(ctx.accelerator.unwrap_model(ctx.model))
+    start = time.perf_counter()
     metrics: EvalRecord = dict(
         evaluate(ctx.model, ctx.eval_dl, ctx.accelerator, ctx.task, ctx.inputs.num_labels, monitor=monitor)
     )
+    ctx.last_eval_seconds = time.perf_counter() - start
     sparsity = summarize(monitor)
     metrics["hoyer"] = sparsity["overall"]["hoyer"]
     metrics["relative_near_zero_fraction"] = sparsity["overall"]["relative_near_zero_fraction"]
@@ -566,12 +573,15 @@ def finish(ctx: RunContext) -> None:
 
 
 def record_sparsity_curve(ctx: RunContext) -> None:
-    """``--sparsity-curve``: the thresholding curve of the trained model, against the final evaluation."""
+    """``--sparsity-curve``: the thresholding curve of the run's model (``ctx.model``), on its own eval set."""
     result = ctx.result
-    reference = {k: v for k, v in result.final.items() if isinstance(v, float)}
-    curve = threshold_curve.final_curve(ctx, reference)
+    curve = threshold_curve.final_curve(ctx)
     result.curve = curve
-    result.evals[-1].update(sparsity_at_1pct=curve.sparsity_at_1pct, sparsity_at_5pct=curve.sparsity_at_5pct)
+    result.evals[-1].update(
+        sparsity_at_1pct=curve.sparsity_at_1pct,
+        sparsity_at_5pct=curve.sparsity_at_5pct,
+        metric_at_sparsity=curve.metric_at_sparsity,
+    )
     shown = ", ".join(f"{p.target:g}: {p.sparsity:.3f} -> {p.metrics[curve.metric]:.4g}" for p in curve.points)
     logger.info(f"[{ctx.name}] sparsity curve (target: reached -> {curve.metric}): {shown}")
 

@@ -25,6 +25,9 @@ PLOTS = {
 }
 CURVE_PLOT = "sparsity_curve.png"
 CURVE_KEYS = ("sparsity_at_1pct", "sparsity_at_5pct")
+FIXED_KEY = "metric_at_sparsity"
+"""The curve's ``{"0.25": .., "0.4": .., "0.5": ..}`` (relative change of the metric), a dict: in the summary
+rows and the final eval, not in the tables' columns."""
 
 SummaryRow = dict[str, str | float | int | None]
 """One run in the summary table (``metrics.json``'s ``summary``): its name, p, q, final and best metrics, ..."""
@@ -63,7 +66,7 @@ def summary_rows(results: list[RunResult], task: str) -> list[SummaryRow]:
                 "steps": r.global_step,
                 r.throughput_unit: int(r.throughput),
                 "peak_memory_mb": r.peak_memory_mb,
-                **({k: final.get(k) for k in CURVE_KEYS} if r.curve is not None else {}),
+                **({k: final.get(k) for k in (*CURVE_KEYS, FIXED_KEY)} if r.curve is not None else {}),
             }
         )
     return rows
@@ -179,23 +182,40 @@ def _curve_lines(results: list[RunResult], cell: Callable[[object], str]) -> lis
         return []
     metric = runs[0].curve.metric
     rule = "+1 % / +5 % perplexity" if metric == "perplexity" else "-1 / -5 accuracy points"
+    first = runs[0].curve.to_dict()
+    measured_on = ""
+    if first.get("eval") and first.get("calibration"):
+        ev, cal = first["eval"], first["calibration"]
+        measured_on = (
+            f" Each target is one pass over the curve's own eval set, the first {ev['samples']} of the "
+            f"{ev['of']} eval {ev['unit']} ({ev['tokens']} tokens; --sparsity-eval-samples), the unthresholded "
+            f"reference (target 0) included; thresholds are calibrated on {cal['samples']} training {ev['unit']} "
+            f"({cal['tokens']} tokens): {cal['source']}."
+        )
+    fixed = [k for k in first.get(FIXED_KEY) or {}]
     lines = [
         "",
-        "## Deployable sparsity (magnitude thresholding at the final evaluation)",
+        "## Deployable sparsity (magnitude thresholding after the final evaluation)",
         "",
         "Per site (the inputs of the weight matrices), the activations with the smallest |x| are zeroed at eval "
-        "with thresholds calibrated on the first training batches; sparsity is the fraction of site inputs zeroed, "
-        f"averaged with the weight matrices' parameter counts as weights (TEAL's definition). sparsity at {rule}: "
-        "the largest sparsity reached within that loss of the unthresholded model, linearly interpolated between "
-        "measured targets (a lower bound, marked >=, when no target left the tolerance).",
+        "with thresholds calibrated on training data, never the eval set; sparsity is the fraction of site inputs "
+        f"zeroed, averaged with the weight matrices' parameter counts as weights (TEAL's definition). sparsity at "
+        f"{rule}: the largest sparsity reached within that loss of the unthresholded model, linearly interpolated "
+        "between measured targets (a lower bound, marked >=, when no target left the tolerance). "
+        f"{metric} at s: its relative change against the unthresholded model at sparsity s, interpolated between "
+        "the measured points around s (empty outside the measured range)." + measured_on,
         "",
-        "| run | sparsity at 1% | sparsity at 5% |",
-        "|---|---|---|",
+        "| run | sparsity at 1% | sparsity at 5% |" + "".join(f" {metric} at {s} |" for s in fixed),
+        "|---|---|---|" + "---|" * len(fixed),
     ]
     for r in runs:
         marks = [">= " if not r.curve.bounded(t) else "" for t in (0.01, 0.05)]
         values = [r.curve.sparsity_at(t) for t in (0.01, 0.05)]
-        lines.append(f"| {r.name} | " + " | ".join(m + cell(v) for m, v in zip(marks, values, strict=True)) + " |")
+        at = r.curve.to_dict().get(FIXED_KEY) or {}
+        changes = "".join(f" {'' if at.get(s) is None else f'{at[s]:+.2%}'} |" for s in fixed)
+        lines.append(
+            f"| {r.name} | " + " | ".join(m + cell(v) for m, v in zip(marks, values, strict=True)) + " |" + changes
+        )
     header = " | ".join(f"{r.name}: sparsity, {metric}" for r in runs)
     lines += ["", f"| target | {header} |", "|---|" + "---|" * len(runs)]
     for i, point in enumerate(runs[0].curve.points):
@@ -211,7 +231,7 @@ def _curve_lines(results: list[RunResult], cell: Callable[[object], str]) -> lis
 def write_report(out: Path, args: FinetuneArgs, results: list[RunResult], task: str, data_source: str) -> Path:
     """``report.md``: the summary table, per-site sparsity, plots, and the command's options."""
     rows = summary_rows(results, task)
-    columns = [c for c in rows[0] if any(r.get(c) is not None for r in rows)]
+    columns = [c for c in rows[0] if c != FIXED_KEY and any(r.get(c) is not None for r in rows)]
 
     def cell(v: object) -> str:
         return f"{v:.4g}" if isinstance(v, float) else ("" if v is None else str(v))
@@ -299,7 +319,7 @@ def write_run_file(
 
 
 # The terminal table keeps what compares runs at a glance; metrics.json and report.md have every column.
-NOT_PRINTED = {"best_step", "train_loss", "rel_near_zero", "grad_norm_max", "f1_macro"}
+NOT_PRINTED = {"best_step", "train_loss", "rel_near_zero", "grad_norm_max", "f1_macro", FIXED_KEY}
 SHORT = {"hoyer_init": "hoyer@init", "grad_norm_median": "grad_norm", "tokens/s": "tok/s", "samples/s": "samples/s"}
 
 

@@ -19,7 +19,7 @@ from hf_sparseout.training.data import infer_task, load_raw, pick_splits, prepar
 from hf_sparseout.training.loop import RunInputs, RunResult, run, save_final, sparseout_config
 from hf_sparseout.training.modeling import build_model, default_model, load_tokenizer, train_tokenizer
 from hf_sparseout.training.run_options import RUN_OPTIONS_FILE, write_run_options
-from hf_sparseout.training.threshold_curve import save_thresholds
+from hf_sparseout.training.threshold_curve import save_thresholds, split_calibration
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -231,9 +231,14 @@ def _train(args: FinetuneArgs, out: Path, end_training: bool) -> FinetuneOutcome
     else:
         tokenizer = train_tokenizer([t for t in train[text_column(train, args)] if isinstance(t, str)])
     prepared = prepare(args, tokenizer, task, train, evaluation)
+    train_set, calibration_set = split_calibration(prepared.train, args)  # --sparsity-curve's held-out examples
+    held_out = ""
+    if calibration_set is not None:
+        held_out = f" (+ {len(calibration_set)} held out to calibrate the sparsity curve)"
     logger.info(
         f"task: {task}; data: {source}; model: {model_name or 'from config ' + str(from_config)}; "
-        f"train {len(prepared.train)} / eval {len(prepared.eval)} {'blocks' if task == 'causal-lm' else 'examples'}"
+        f"train {len(train_set)}{held_out} / eval {len(prepared.eval)} "
+        f"{'blocks' if task == 'causal-lm' else 'examples'}"
     )
     collate = default_data_collator if task == "causal-lm" else DataCollatorWithPadding(tokenizer)
 
@@ -246,11 +251,12 @@ def _train(args: FinetuneArgs, out: Path, end_training: bool) -> FinetuneOutcome
         args=args,
         accelerator=accelerator,
         make_model=make_model,
-        train_set=prepared.train,
+        train_set=train_set,
         eval_set=prepared.eval,
         collate=collate,
         task=task,
         num_labels=prepared.num_labels,
+        calibration_set=calibration_set,
     )
     if accelerator.is_main_process:  # what this run is trained with, before it starts (sweeps compare it)
         write_run_options(out, args, task)
