@@ -14,6 +14,16 @@ from hf_sparseout.metrics.threshold_inputs import MaskSource, distributed, site_
 from hf_sparseout.metrics.threshold_sites import ThresholdError, weight_numel
 
 
+def _usable(threshold: Any) -> bool:
+    """A finite number >= 0 (not a bool)."""
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
+        return False
+    try:
+        return math.isfinite(threshold) and threshold >= 0
+    except OverflowError:  # an int too large for a float
+        return False
+
+
 class ThresholdHooks:
     """Eval-mode forward pre-hooks zeroing ``|x| <= threshold`` (``hardshrink``), counting the sparsity reached.
 
@@ -31,9 +41,12 @@ class ThresholdHooks:
                 f"threshold site(s) {missing} are not modules of {type(model).__name__}",
                 "apply thresholds calibrated on this model's architecture (same module names)",
             )
-        bad = {n: t for n, t in thresholds.items() if not (isinstance(t, (int, float)) and t >= 0)}
+        bad = {n: t for n, t in thresholds.items() if not _usable(t)}
         if bad:
-            raise ThresholdError(f"thresholds must be numbers >= 0, got {bad}", "use Calibration.at(target)")
+            raise ThresholdError(
+                f"thresholds must be finite numbers >= 0, got {bad}",
+                "use Calibration.at(target); an infinite threshold would zero the whole input",
+            )
         if not thresholds:
             raise ThresholdError("no thresholds to apply", "pass {site: threshold}, e.g. Calibration.at(0.5)")
         self.model = model

@@ -9,19 +9,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hf_sparseout.metrics.threshold_schema import FORMAT, FORMAT_VERSION, check_document
 from hf_sparseout.metrics.threshold_sites import ThresholdError
 
 DEFAULT_TARGETS: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 """Uniform per-site target sparsities of the default curve."""
-FORMAT = "hf-sparseout-thresholds"
-FORMAT_VERSION = 1
 
 
 def check_targets(targets: Iterable[float]) -> list[float]:
     """Targets as a sorted, de-duplicated list of floats in ``[0, 1)``; ``ThresholdError`` otherwise."""
     try:
         values = [float(t) for t in targets]
-    except (TypeError, ValueError) as err:
+    except (TypeError, ValueError, OverflowError) as err:
         raise ThresholdError(f"targets must be numbers, got {targets!r}", "e.g. targets=[0, 0.1, 0.2]") from err
     bad = [t for t in values if not (0.0 <= t < 1.0)]
     if bad or not values:
@@ -90,25 +89,19 @@ class Calibration:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Calibration:
-        """Inverse of :meth:`to_dict`; ``ThresholdError`` for anything else."""
-        if not isinstance(data, Mapping) or data.get("format") != FORMAT:
-            raise ThresholdError(
-                "not an hf-sparseout thresholds file (no 'format': 'hf-sparseout-thresholds')",
-                "load a file written by Calibration.save (a finetune run's thresholds.json)",
-            )
-        if data.get("version") != FORMAT_VERSION:
-            raise ThresholdError(
-                f"thresholds format version {data.get('version')!r} is not supported (this is {FORMAT_VERSION})",
-                "recalibrate with this version of hf-sparseout",
-            )
-        sites = {name: SiteCalibration(**site) for name, site in data["sites"].items()}
+        """Inverse of :meth:`to_dict`; a ``ThresholdError`` naming the field otherwise (``threshold_schema``)."""
+        check_document(data)
+        sites = {
+            name: SiteCalibration(**{**site, "thresholds": [float(t) for t in site["thresholds"]]})
+            for name, site in data["sites"].items()
+        }
         return cls(
             targets=[float(t) for t in data["targets"]],
             sites=sites,
-            model_type=data.get("model_type"),
-            sites_spec=data.get("sites_spec"),
-            batches=int(data.get("batches", 0)),
-            meta=dict(data.get("meta", {})),
+            model_type=data["model_type"],
+            sites_spec=data["sites_spec"],
+            batches=data["batches"],
+            meta=dict(data["meta"]),
         )
 
     def save(self, path: str | os.PathLike[str]) -> Path:
@@ -123,7 +116,7 @@ class Calibration:
     def load(cls, path: str | os.PathLike[str]) -> Calibration:
         """Read a file written by :meth:`save`."""
         try:
-            data = json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError) as err:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, ValueError, RecursionError) as err:  # ValueError: JSON syntax, encoding, huge integers
             raise ThresholdError(f"cannot read thresholds from {str(path)!r}: {err}", "pass a thresholds JSON") from err
         return cls.from_dict(data)

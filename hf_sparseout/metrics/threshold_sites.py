@@ -19,6 +19,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
+from hf_sparseout.errors import HfSparseoutError
 from hf_sparseout.layers import Sparseout
 from hf_sparseout.patcher.patterns import abbreviate, name_matches
 
@@ -89,12 +90,8 @@ MODEL_TYPES: dict[str, str] = {
 """``config.model_type`` -> family in :data:`FAMILIES`."""
 
 
-class ThresholdError(ValueError):
-    """Bad input to magnitude thresholding: the message says what is wrong, ``hint`` what to do."""
-
-    def __init__(self, message: str, hint: str | None = None) -> None:
-        super().__init__(f"{message} (hint: {hint})" if hint else message)
-        self.hint = hint
+class ThresholdError(HfSparseoutError, ValueError):
+    """Bad input to magnitude thresholding: ``message`` says what is wrong, ``hint`` what to do (CLI: exit 2)."""
 
 
 def family_of(model: nn.Module) -> str | None:
