@@ -32,7 +32,7 @@ re-exports their public names.
 
 from __future__ import annotations
 
-from hf_sparseout.metrics.threshold_apply import ThresholdHooks, apply_thresholds
+from hf_sparseout.metrics.threshold_apply import ThresholdHooks, apply_thresholds, check_calibration
 from hf_sparseout.metrics.threshold_calibrate import calibrate
 from hf_sparseout.metrics.threshold_curve import (
     LOWER_IS_BETTER,
@@ -70,6 +70,7 @@ __all__ = [
     "apply_thresholds",
     "batch_evaluator",
     "calibrate",
+    "check_calibration",
     "check_targets",
     "sparsity_at",
     "sparsity_curve",

@@ -11,7 +11,8 @@ from torch import nn
 
 from hf_sparseout.metrics.threshold_file import Calibration
 from hf_sparseout.metrics.threshold_inputs import MaskSource, distributed, site_input
-from hf_sparseout.metrics.threshold_sites import ThresholdError, weight_numel
+from hf_sparseout.metrics.threshold_sites import ThresholdError, select_sites, weight_numel
+from hf_sparseout.patcher.patterns import abbreviate
 
 
 def _usable(threshold: Any) -> bool:
@@ -175,10 +176,62 @@ def apply_thresholds(
     """Zero ``|x| <= threshold`` at the input of each site in eval mode; returns the installed, removable hooks.
 
     ``thresholds`` is ``{site: threshold}`` (e.g. ``Calibration.at(0.5)``), or a :class:`Calibration`
-    with the ``target`` to use.
+    with the ``target`` to use, which must describe ``model`` (:func:`check_calibration`).
     """
     if isinstance(thresholds, Calibration):
+        check_calibration(model, thresholds)
         if target is None:
             raise ThresholdError("a Calibration needs a target", f"pass target=, one of {thresholds.targets}")
         thresholds = thresholds.at(target)
     return ThresholdHooks(model, thresholds).install()
+
+
+_OTHER_MODEL = (
+    "thresholds are per model: calibrate on this one (hf_sparseout.metrics.threshold.calibrate, or finetune "
+    "--sparsity-curve, which writes thresholds.json beside the model)"
+)
+
+
+def check_calibration(model: nn.Module, calibration: Calibration) -> None:
+    """Refuse a calibration of another model: its ``model_type``, its site set and each site's weight size must match.
+
+    The site set is what :func:`~hf_sparseout.metrics.threshold_sites.select_sites` gives on ``model`` for
+    the calibration's ``sites_spec`` (less the sites it skipped as unused in eval), so thresholds of a
+    shallower model of the same family do not install on part of a deeper one, nor those of a narrower
+    model on a wider one.
+
+    Raises:
+        ThresholdError: naming what differs.
+    """
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if calibration.model_type != model_type:
+        raise ThresholdError(
+            f"these thresholds were calibrated on model_type {calibration.model_type!r}, "
+            f"but {type(model).__name__} is model_type {model_type!r}",
+            _OTHER_MODEL,
+        )
+    expected = select_sites(model, calibration.sites_spec)
+    skipped = calibration.meta.get("skipped_unused_in_eval")
+    skipped = {s for s in skipped if isinstance(s, str)} if isinstance(skipped, list) else set()
+    names = [n for n in expected if n not in skipped]
+    missing = [n for n in names if n not in calibration.sites]
+    extra = [n for n in calibration.sites if n not in expected]
+    if missing or extra:
+        spec = "default sites" if calibration.sites_spec is None else f"sites for sites={calibration.sites_spec!r}"
+        parts = [f"no threshold for {abbreviate(missing, 6)}"] if missing else []
+        parts += [f"not sites of this model: {abbreviate(extra, 6)}"] if extra else []
+        raise ThresholdError(
+            f"these thresholds cover {len(calibration.sites)} sites, but {type(model).__name__} has {len(names)} "
+            f"{spec}; {'; '.join(parts)}",
+            _OTHER_MODEL,
+        )
+    sizes = [
+        f"{name}: weight_numel {site.weight_numel} calibrated, {weight_numel(expected[name])} here"
+        for name, site in calibration.sites.items()
+        if site.weight_numel != weight_numel(expected[name])
+    ]
+    if sizes:
+        raise ThresholdError(
+            f"these thresholds come from a model of other sizes ({len(sizes)} sites differ): {abbreviate(sizes, 3)}",
+            _OTHER_MODEL,
+        )

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from hf_sparseout.metrics.quantile import DEFAULT_MAX_SAMPLES
-from hf_sparseout.metrics.threshold_apply import ThresholdHooks, apply_thresholds
+from hf_sparseout.metrics.threshold_apply import ThresholdHooks, apply_thresholds, check_calibration
 from hf_sparseout.metrics.threshold_calibrate import calibrate
 from hf_sparseout.metrics.threshold_file import DEFAULT_TARGETS, Calibration, check_targets
 from hf_sparseout.metrics.threshold_inputs import model_device, to_device
@@ -158,6 +158,7 @@ def sparsity_curve(
 
     start = time.perf_counter()
     if isinstance(calibration, Calibration):
+        check_calibration(model, calibration)
         targets = check_targets(targets if targets is not None else calibration.targets)
         for t in targets:
             if t > 0:
