@@ -19,6 +19,7 @@ from hf_sparseout.metrics.threshold_inputs import (
     to_device,
 )
 from hf_sparseout.metrics.threshold_sites import ThresholdError, family_of, select_sites, weight_numel
+from hf_sparseout.patcher.patterns import abbreviate
 
 
 @torch.no_grad()
@@ -47,7 +48,8 @@ def calibrate(
         sync: under ``torch.distributed``, use process 0's thresholds on every process.
 
     Raises:
-        ThresholdError: bad targets or sites, no batches, or a site that saw no activation.
+        ThresholdError: bad targets or sites, no batches, a site that saw no activation, or NaN/inf
+            activations (naming the sites where they appear).
     """
     targets = check_targets(targets)
     selected = select_sites(model, sites)
@@ -78,7 +80,16 @@ def calibrate(
         model.train(was_training)
     if count == 0:
         raise ThresholdError("the calibration set is empty", "pass at least one batch of calibration data")
-    unseen = [name for name, s in samples.items() if s.seen == 0]
+    nonfinite = [name for name, s in samples.items() if s.nonfinite]
+    if nonfinite:
+        first = samples[nonfinite[0]]
+        raise ThresholdError(
+            f"non-finite activations (NaN or inf) at {len(nonfinite)} threshold site(s): {abbreviate(nonfinite, 6)} "
+            f"({first.nonfinite} of {first.nonfinite + first.seen} values at the first)",
+            "the model computes NaN/inf on these batches: look for NaN or inf weights (a diverged run) or an "
+            "overflow in half precision; thresholds of such activations would be meaningless",
+        )
+    unseen = [name for name, s in samples.items() if s.seen == 0 and not s.nonfinite]
     skipped = []
     if unseen and sites == "sparseout" and len(unseen) < len(samples):
         # Attention-probability sites are not applied by the model in eval mode: nothing to threshold there.

@@ -10,11 +10,13 @@ per architecture family (by ``config.model_type``), the weight matrices reading
 and, with ``sites="teal"``, also ``attn_out`` (the attention output projection), which makes the
 set TEAL's (every weight matrix of the attention and MLP blocks; embeddings and LM head excluded).
 ``sites="sparseout"`` picks the Sparseout modules of a patched model (their input, i.e. the
-activations at the dropout sites); a list of names, dotted suffixes or regexes picks any modules.
+activations at the dropout sites); a list of names, dotted suffixes or regexes (plain, or
+``"re:<regex>"`` as on the command line) picks any modules.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 from torch import nn
@@ -100,6 +102,24 @@ def family_of(model: nn.Module) -> str | None:
     return MODEL_TYPES.get(model_type) if isinstance(model_type, str) else None
 
 
+def _pattern(pattern: object) -> str:
+    """A module name, dotted suffix or regex; ``"re:<regex>"`` (as on the command line) is the regex, checked."""
+    if not isinstance(pattern, str) or not pattern:
+        raise ThresholdError(
+            f"threshold site patterns must be non-empty strings, got {pattern!r}",
+            "pass module names, dotted suffixes or regexes (optionally as 're:<regex>')",
+        )
+    if not pattern.startswith("re:"):
+        return pattern
+    try:
+        re.compile(pattern[3:])
+    except re.error as err:
+        raise ThresholdError(
+            f"threshold sites {pattern!r} is not a valid regex: {err}", "fix the regular expression after 're:'"
+        ) from err
+    return pattern[3:]
+
+
 def select_sites(model: nn.Module, sites: str | Sequence[str] | None = None) -> dict[str, nn.Module]:
     """The modules whose input is thresholded, by name, in model order (see the module docstring).
 
@@ -128,7 +148,7 @@ def select_sites(model: nn.Module, sites: str | Sequence[str] | None = None) -> 
             )
         return found
     else:
-        patterns = [sites] if isinstance(sites, str) else list(sites)
+        patterns = [_pattern(p) for p in ([sites] if isinstance(sites, str) else list(sites))]
         if not patterns:
             raise ThresholdError("sites is an empty list", "name at least one module, or pass sites=None")
     missing = [p for p in patterns if not any(name_matches(p, n) for n, _ in named)]
