@@ -107,3 +107,15 @@ def test_plain_dropout_the_report_does_not_keep_is_still_uncovered():
     )
     checked = hf_sparseout.verify(model, inputs)
     assert [c.place for c in checked.uncovered] == ["transformer.drop:dropout"] and not checked.ok
+
+
+def test_verify_on_a_torch_compile_wrapper_points_to_the_uncompiled_model():
+    from hf_sparseout.errors import HfSparseoutError
+
+    model, inputs = _gpt2()
+    hf_sparseout.patch(model, SparseoutConfig(q=1.5), example_inputs=inputs)
+    compiled = torch.compile(model, backend="eager")  # lazy: nothing is compiled unless it is called
+    with pytest.raises(HfSparseoutError, match=r"torch\.compile") as info:
+        hf_sparseout.verify(compiled, inputs)
+    assert "_orig_mod" in info.value.hint and isinstance(info.value, ValueError)
+    assert hf_sparseout.verify(compiled._orig_mod, inputs).ok

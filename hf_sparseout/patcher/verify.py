@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from hf_sparseout.errors import UsageError
 from hf_sparseout.layers import Sparseout
 from hf_sparseout.patcher.calls import DROPOUT_FUNCS, SDPA_DROPOUT, get_arg
 from hf_sparseout.patcher.config import is_finite_probability
@@ -164,6 +165,18 @@ class _CountMode(PrivateRandomMode):
         entry.lines.add(_source_line())
 
 
+def _refuse_compiled(model: nn.Module) -> None:
+    """A ``torch.compile`` wrapper runs a compiled graph: the per-module hooks and dropout calls are not seen."""
+    eval_frame = sys.modules.get("torch._dynamo.eval_frame")  # not imported: nothing was compiled
+    if eval_frame is not None and isinstance(model, getattr(eval_frame, "OptimizedModule", ())):
+        raise UsageError(
+            f"verify got a torch.compile wrapper ({type(model).__name__} around {type(model._orig_mod).__name__}): "
+            "the compiled graph hides the module calls and dropout applications verify counts",
+            "verify the uncompiled model: hf_sparseout.verify(compiled._orig_mod), or verify before torch.compile "
+            "(the compiled model runs the same patched modules)",
+        )
+
+
 def verify(model: nn.Module, example_inputs: dict[str, Any] | None = None) -> VerifyReport:
     """Run one training-mode forward and report which dropouts reached torch as Sparseout and which as plain.
 
@@ -172,7 +185,12 @@ def verify(model: nn.Module, example_inputs: dict[str, Any] | None = None) -> Ve
     training flags and configs are restored afterwards, and nothing is drawn from the global RNG
     (dropout and Sparseout are counted, not applied; other draws use a private generator). For a
     patched model the report's sites are checked against the counts (:attr:`VerifyReport.disagreements`).
+
+    Raises:
+        UsageError: ``model`` is a ``torch.compile`` wrapper (verify ``model._orig_mod``).
+        RuntimeError: the forward pass failed (pass ``example_inputs``).
     """
+    _refuse_compiled(model)
     inputs = default_inputs(model) if example_inputs is None else example_inputs
     state = _state(model)
     stack: list[tuple[str, nn.Module]] = []
