@@ -115,7 +115,7 @@ def inspect(
 
       hf-sparseout inspect ../shared/models/tiny-gpt2 --verify
 
-      hf-sparseout inspect ./my-bert --q 1.0 --exclude embeddings.dropout --attention keep --format json
+      hf-sparseout inspect ./my-bert --q 1.0 --exclude embeddings.dropout --attention sparseout --format json
 
       hf-sparseout inspect ./my-llama --p 0.1 --insert mlp.act_fn
     """
