@@ -40,6 +40,9 @@ def _check_number(name: str, value: Any, *, positive: bool) -> float:
     return float(value)
 
 
+_TARGETS = "name patched sites (names or dotted suffixes, e.g. ['mlp.dropout']), one regex string, or None for all"
+
+
 def _check_q(q: Any) -> float:
     q = _check_number("q", q, positive=True)
     if q > MAX_Q:
@@ -123,10 +126,14 @@ class LqPenalty:
         self.weight = _check_number("weight", weight, positive=False)
         if isinstance(targets, (list, tuple)):
             if not targets or not all(isinstance(t, str) and t for t in targets):
-                raise ValueError(f"LqPenalty: targets must be a non-empty list of site names, got {targets!r}")
+                raise UsageError(
+                    f"LqPenalty: targets must be a non-empty list of site names, got {targets!r}", _TARGETS
+                )
             targets = list(targets)
         elif targets is not None and not (isinstance(targets, str) and targets):
-            raise ValueError(f"LqPenalty: targets must be a list of site names or a regex string, got {targets!r}")
+            raise UsageError(
+                f"LqPenalty: targets must be a list of site names or a regex string, got {targets!r}", _TARGETS
+            )
         self.model = model
         self.modules: dict[str, nn.Module] = self._select(model, targets)
         self.site_names: list[str] = list(self.modules)
@@ -152,8 +159,8 @@ class LqPenalty:
         names = [s.name for s in sites]
         missing = unmatched(targets, names)
         if missing:
-            raise ValueError(
-                f"LqPenalty: targets pattern(s) {missing} match no patched site; sites: {abbreviate(names)}"
+            raise UsageError(
+                f"LqPenalty: targets pattern(s) {missing} match no patched site; sites: {abbreviate(names)}", _TARGETS
             )
         chosen = [s for s in sites if select(targets, s.name) and (targets is not None or s.kind != "attention")]
         if not chosen:

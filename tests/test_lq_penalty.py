@@ -205,3 +205,14 @@ def test_q_at_the_bound_gives_a_positive_penalty():
     model(torch.randn(2, 3, 5))
     value = penalty()
     assert torch.isfinite(value) and value > 0
+
+
+@pytest.mark.parametrize("targets", [["nope"], [], 5])
+def test_bad_targets_are_the_projects_errors_with_a_hint(targets):
+    from hf_sparseout.errors import HfSparseoutError
+
+    model = tiny_gpt2()
+    hf_sparseout.patch(model, SparseoutConfig(p=0.1))
+    with pytest.raises(HfSparseoutError) as info:
+        LqPenalty(model, q=1.0, weight=1.0, targets=targets)
+    assert info.value.hint and isinstance(info.value, ValueError)

@@ -33,3 +33,10 @@ def test_an_invalid_regex_is_named_as_such() -> None:
     with pytest.raises(ThresholdError, match="regex") as info:
         calibrate(tiny_gpt2(), batches(1), sites="re:(mlp", targets=[0.5])
     assert info.value.hint
+
+
+@pytest.mark.parametrize("sites", [5, [3], [""], {"a": 1}])
+def test_sites_that_are_not_patterns_are_threshold_errors(sites) -> None:
+    with pytest.raises(ThresholdError, match="site") as info:
+        calibrate(tiny_gpt2(), batches(1), sites=sites, targets=[0.5])
+    assert info.value.hint

@@ -148,6 +148,11 @@ def select_sites(model: nn.Module, sites: str | Sequence[str] | None = None) -> 
             )
         return found
     else:
+        if not isinstance(sites, (str, list, tuple)):
+            raise ThresholdError(
+                f"threshold sites must be None, 'teal', 'sparseout', a pattern or a list of patterns, got {sites!r}",
+                "e.g. sites=['mlp.c_fc', 'attn.c_attn'] or sites='re:.*mlp.*'",
+            )
         patterns = [_pattern(p) for p in ([sites] if isinstance(sites, str) else list(sites))]
         if not patterns:
             raise ThresholdError("sites is an empty list", "name at least one module, or pass sites=None")
