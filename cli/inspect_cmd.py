@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from hf_sparseout.training.args import FinetuneArgs
 from hf_sparseout_cli.errors import CliError
 from hf_sparseout_cli.options import (
     AttentionMode,
@@ -22,6 +23,34 @@ from hf_sparseout_cli.options import (
     insert_patterns,
     split_patterns,
 )
+
+DEFAULTS = FinetuneArgs()
+"""finetune's defaults: inspect's Sparseout options default to the same values, so it previews finetune's patch."""
+SHARED_OPTIONS = ("p", "q", "targets", "exclude", "attention", "insert", "gradient")
+
+
+def _shown(value: object) -> str:
+    value = getattr(value, "value", value)  # an Enum option
+    if isinstance(value, list):
+        return ",".join(value)
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def previewed_patch(values: dict[str, object]) -> str:
+    """One line saying which patch is previewed: finetune's default one, or the options that differ from it.
+
+    ``values``: the command's Sparseout options as given (lists of patterns, Enums), by name.
+    """
+    default = ", ".join(
+        f"{name}={_shown(getattr(DEFAULTS, name))}" for name in SHARED_OPTIONS if getattr(DEFAULTS, name) is not None
+    )
+    changed = [
+        name for name in SHARED_OPTIONS if getattr(values[name], "value", values[name]) != getattr(DEFAULTS, name)
+    ]
+    if not changed:
+        return f"Previews finetune's default patch ({default}; each site keeps its own p)."
+    flags = " ".join(f"--{name} {_shown(values[name])}" for name in changed)
+    return f"Previews {flags}, not finetune's default patch ({default})."
 
 
 def sparseout_config(p, q, targets, exclude, attention, insert, gradient):
@@ -44,13 +73,13 @@ def sparseout_config(p, q, targets, exclude, attention, insert, gradient):
 
 def inspect(
     model: Annotated[str, typer.Argument(help="A local save_pretrained directory or a Hub model id.")],
-    p: POpt = None,
-    q: QOpt = 1.5,
-    targets: TargetsOpt = None,
-    exclude: ExcludeOpt = None,
-    attention: AttentionOpt = AttentionMode.sparseout,
-    insert: InsertOpt = None,
-    gradient: GradientOpt = GradientMode.reference,
+    p: POpt = DEFAULTS.p,
+    q: QOpt = DEFAULTS.q,
+    targets: TargetsOpt = DEFAULTS.targets,
+    exclude: ExcludeOpt = DEFAULTS.exclude,
+    attention: AttentionOpt = AttentionMode(DEFAULTS.attention),
+    insert: InsertOpt = DEFAULTS.insert,
+    gradient: GradientOpt = GradientMode(DEFAULTS.gradient),
     task: Annotated[
         str,
         typer.Option("--task", help="Head to load: auto (from config.architectures), causal-lm, classification, base."),
@@ -69,13 +98,15 @@ def inspect(
         typer.Option(
             "--verify",
             help="Also patch the loaded copy and count, in one training-mode forward, which dropouts reach torch "
-            "as Sparseout and which as plain dropout (hf_sparseout.verify); exit 1 if any stays plain or the "
-            "report disagrees.",
+            "as Sparseout and which as plain dropout (hf_sparseout.verify); exit 1 if any stays plain (other than "
+            "attention dropout kept plain by --attention keep) or the report disagrees.",
         ),
     ] = False,
 ) -> None:
     """List every dropout site of MODEL and what the patch would do to it (nothing is modified).
 
+    The Sparseout options default to finetune's, so with none given this previews the patch finetune
+    applies by default (attention dropout kept plain); the output's first line says which patch it shows.
     With --verify, the loaded copy is patched and checked (MODEL on disk is never modified).
 
     Examples:
@@ -84,7 +115,7 @@ def inspect(
 
       hf-sparseout inspect ../shared/models/tiny-gpt2 --verify
 
-      hf-sparseout inspect ./my-bert --q 1.0 --exclude embeddings.dropout --attention keep --format json
+      hf-sparseout inspect ./my-bert --q 1.0 --exclude embeddings.dropout --attention sparseout --format json
 
       hf-sparseout inspect ./my-llama --p 0.1 --insert mlp.act_fn
     """
@@ -103,6 +134,9 @@ def inspect(
         raise CliError(str(err), "adjust --targets/--exclude/--insert to the names listed") from err
     if fmt is ReportFormat.table:
         typer.echo("Note: --format table is deprecated; it is --format text now, as in every command.", err=True)
+    options = {"p": p, "q": q, "targets": targets, "exclude": exclude, "attention": attention}
+    preview = previewed_patch(options | {"insert": insert, "gradient": gradient})
+    typer.echo(preview, err=fmt is ReportFormat.json)  # JSON on stdout stays parseable
     if not verify:
         typer.echo(report.to_json() if fmt is ReportFormat.json else report.to_table())
         return

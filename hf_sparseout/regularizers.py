@@ -16,19 +16,42 @@ from typing import Any
 import torch
 from torch import nn
 
+from hf_sparseout.errors import UsageError
 from hf_sparseout.layers import Sparseout
 from hf_sparseout.metrics.masking import weights_for
 from hf_sparseout.metrics.monitor import _in_backward
 from hf_sparseout.patcher.model import get_report, is_patched
 from hf_sparseout.patcher.patterns import abbreviate, select, unmatched
 
+MAX_Q: float = 4.0
+"""Largest exponent :class:`LqPenalty` accepts. ``|x| ** q`` is computed in float32, which holds it without
+underflow to 0 or overflow to inf for ``1e-9 < |x| < 1e9`` when ``q <= 4``; at ``q = 50`` every ``|x| < 0.17``
+underflows, so the penalty and its gradient silently vanish for typical activations."""
+
 
 def _check_number(name: str, value: Any, *, positive: bool) -> float:
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     if not ok or value < 0 or (positive and value == 0):
         bound = "> 0" if positive else ">= 0"
-        raise ValueError(f"LqPenalty: {name} must be a finite number {bound}, got {name}={value!r}")
+        raise UsageError(
+            f"LqPenalty: {name} must be a finite number {bound}, got {name}={value!r}",
+            "q is the exponent of |x| ** q (e.g. 1); weight scales the penalty added to the loss (e.g. 1e-3)",
+        )
     return float(value)
+
+
+_TARGETS = "name patched sites (names or dotted suffixes, e.g. ['mlp.dropout']), one regex string, or None for all"
+
+
+def _check_q(q: Any) -> float:
+    q = _check_number("q", q, positive=True)
+    if q > MAX_Q:
+        raise UsageError(
+            f"LqPenalty: q must be at most {MAX_Q:g}, got q={q!r}",
+            f"|x| ** q underflows to 0 in float32 for small activations at large q (at q=50, every |x| < 0.17), "
+            f"so the penalty and its gradient would vanish; use 0 < q <= {MAX_Q:g} (1 is the L1 penalty)",
+        )
+    return q
 
 
 def abs_pow(x: torch.Tensor, q: float) -> torch.Tensor:
@@ -86,7 +109,8 @@ class LqPenalty:
         >>> penalty.remove()  # doctest: +SKIP
 
     Raises:
-        ValueError: ``q`` is not a finite number > 0, ``weight`` not a finite number >= 0, the
+        ValueError: ``q`` is not a finite number in ``(0, MAX_Q]`` or ``weight`` not a finite number >= 0
+            (both :class:`~hf_sparseout.errors.UsageError`, with a hint), the
             model has no patched sites, or a ``targets`` pattern matches no site (the message
             lists the sites).
     """
@@ -98,14 +122,18 @@ class LqPenalty:
         weight: float,
         targets: str | Sequence[str] | None = None,
     ) -> None:
-        self.q = _check_number("q", q, positive=True)
+        self.q = _check_q(q)
         self.weight = _check_number("weight", weight, positive=False)
         if isinstance(targets, (list, tuple)):
             if not targets or not all(isinstance(t, str) and t for t in targets):
-                raise ValueError(f"LqPenalty: targets must be a non-empty list of site names, got {targets!r}")
+                raise UsageError(
+                    f"LqPenalty: targets must be a non-empty list of site names, got {targets!r}", _TARGETS
+                )
             targets = list(targets)
         elif targets is not None and not (isinstance(targets, str) and targets):
-            raise ValueError(f"LqPenalty: targets must be a list of site names or a regex string, got {targets!r}")
+            raise UsageError(
+                f"LqPenalty: targets must be a list of site names or a regex string, got {targets!r}", _TARGETS
+            )
         self.model = model
         self.modules: dict[str, nn.Module] = self._select(model, targets)
         self.site_names: list[str] = list(self.modules)
@@ -131,8 +159,8 @@ class LqPenalty:
         names = [s.name for s in sites]
         missing = unmatched(targets, names)
         if missing:
-            raise ValueError(
-                f"LqPenalty: targets pattern(s) {missing} match no patched site; sites: {abbreviate(names)}"
+            raise UsageError(
+                f"LqPenalty: targets pattern(s) {missing} match no patched site; sites: {abbreviate(names)}", _TARGETS
             )
         chosen = [s for s in sites if select(targets, s.name) and (targets is not None or s.kind != "attention")]
         if not chosen:
@@ -228,4 +256,4 @@ class LqPenalty:
         self.remove()
 
 
-__all__ = ["LqPenalty", "abs_pow"]
+__all__ = ["MAX_Q", "LqPenalty", "abs_pow"]

@@ -34,7 +34,9 @@ def llama_dir(tmp_path_factory):
 
 
 def test_table_lists_every_site(gpt2_dir):
-    result = runner.invoke(app, ["inspect", str(gpt2_dir), "--q", "1.0", "--exclude", "drop"])
+    result = runner.invoke(
+        app, ["inspect", str(gpt2_dir), "--q", "1.0", "--exclude", "drop", "--attention", "sparseout"]
+    )
     assert result.exit_code == 0, result.output
     assert re.search(r"transformer\.h\.1\.attn\.attn_dropout\s+attention\s+0\.1\s+1\s+yes", result.output)
     assert "7 sites, 6 Sparseout, 1 plain dropout" in result.output
@@ -50,8 +52,9 @@ def test_json_with_attention_keep(gpt2_dir):
 
 
 def test_regex_targets_and_comma_lists(gpt2_dir):
+    regex = r"re:transformer\.h\.0\..*"
     result = runner.invoke(
-        app, ["inspect", str(gpt2_dir), "--targets", r"re:transformer\.h\.0\..*", "--format", "json"]
+        app, ["inspect", str(gpt2_dir), "--targets", regex, "--attention", "sparseout", "--format", "json"]
     )
     report = json.loads(result.output[result.output.index("{") :])
     assert {s["name"] for s in report["sites"] if s["sparseout"]} == {
@@ -118,14 +121,15 @@ def test_hub_id_offline_names_hf_hub_offline(tmp_path):
 @pytest.mark.shared_data
 @pytest.mark.skipif(not (SHARED / "models" / "tiny-gpt2").is_dir(), reason="needs ../shared/models/tiny-gpt2")
 def test_the_shared_tiny_gpt2_checkpoint():
-    result = runner.invoke(app, ["inspect", str(SHARED / "models" / "tiny-gpt2"), "--format", "json"])
+    path = str(SHARED / "models" / "tiny-gpt2")
+    result = runner.invoke(app, ["inspect", path, "--attention", "sparseout", "--format", "json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.output[result.output.index("{") :])
     assert report["summary"]["sites"] == 7 and report["summary"]["sparseout"] == 7
 
 
 def test_verify_prints_the_counts_and_exits_0_when_everything_is_covered(gpt2_dir):
-    result = runner.invoke(app, ["inspect", str(gpt2_dir), "--verify"])
+    result = runner.invoke(app, ["inspect", str(gpt2_dir), "--verify", "--attention", "sparseout"])
     assert result.exit_code == 0, result.output
     assert re.search(r"transformer\.h\.0\.attn\.attn_dropout\s+sparseout\s+0\.1\s+1\s+transformer", result.output)
     assert "7 Sparseout and 0 plain dropout applications" in result.output and ": OK" in result.output
@@ -145,3 +149,26 @@ def test_format_table_is_the_deprecated_spelling_of_text(gpt2_dir):
     assert text.exit_code == table.exit_code == 0, table.output
     assert "deprecated" in table.stderr and "deprecated" not in text.stderr
     assert table.stdout == text.stdout and "7 sites" in text.stdout
+
+
+def test_inspect_defaults_to_the_patch_finetune_applies_and_says_so(gpt2_dir):
+    from hf_sparseout.training.args import FinetuneArgs
+
+    defaults = FinetuneArgs()
+    result = runner.invoke(app, ["inspect", str(gpt2_dir), "--format", "json"])
+    assert result.exit_code == 0, result.output
+    config = json.loads(result.output[result.output.index("{") :])["config"]
+    assert (config["attention"], config["q"], config["gradient"]) == (defaults.attention, defaults.q, defaults.gradient)
+    text = runner.invoke(app, ["inspect", str(gpt2_dir)])
+    assert "finetune's default patch" in text.output and f"attention={defaults.attention}" in text.output
+    other = runner.invoke(app, ["inspect", str(gpt2_dir), "--attention", "sparseout", "--q", "1"])
+    assert "not finetune's default" in other.output and "--attention sparseout" in other.output
+
+
+@pytest.mark.parametrize("args", [["--p", "0"], [], ["--attention", "keep", "--p", "0"]], ids=str)
+def test_verify_of_identity_sites_and_kept_attention_exits_0(gpt2_dir, args):
+    result = runner.invoke(app, ["inspect", str(gpt2_dir), "--verify", *args])
+    assert result.exit_code == 0, result.output
+    assert "disagrees" not in result.output and ": OK" in result.output
+    if "--attention" not in args or "keep" in args:
+        assert "kept plain" in result.output

@@ -185,3 +185,34 @@ def test_gradient_checkpointing_gives_the_same_penalty_and_gradients():
         grads.append({n: p.grad for n, p in model.named_parameters()})
     for name, grad in grads[0].items():
         torch.testing.assert_close(grads[1][name], grad, msg=name)
+
+
+@pytest.mark.parametrize("q", [50.0, 4.5])
+def test_q_beyond_float32_range_is_refused_with_a_hint(q):
+    from hf_sparseout.errors import HfSparseoutError
+    from hf_sparseout.regularizers import MAX_Q
+
+    with pytest.raises(HfSparseoutError, match=rf"q must be at most {MAX_Q:g}, got q={q}") as info:
+        LqPenalty(toy(), q=q, weight=1.0)
+    assert isinstance(info.value, ValueError) and "underflow" in info.value.hint
+
+
+def test_q_at_the_bound_gives_a_positive_penalty():
+    from hf_sparseout.regularizers import MAX_Q
+
+    model = toy()
+    penalty = LqPenalty(model, q=MAX_Q, weight=1.0)
+    model(torch.randn(2, 3, 5))
+    value = penalty()
+    assert torch.isfinite(value) and value > 0
+
+
+@pytest.mark.parametrize("targets", [["nope"], [], 5])
+def test_bad_targets_are_the_projects_errors_with_a_hint(targets):
+    from hf_sparseout.errors import HfSparseoutError
+
+    model = tiny_gpt2()
+    hf_sparseout.patch(model, SparseoutConfig(p=0.1))
+    with pytest.raises(HfSparseoutError) as info:
+        LqPenalty(model, q=1.0, weight=1.0, targets=targets)
+    assert info.value.hint and isinstance(info.value, ValueError)

@@ -73,3 +73,49 @@ def test_a_failed_patch_leaves_model_and_config_as_they_were():
     assert opt.config is opt_config and "sparseout" not in opt.config.to_dict()
     assert not hf_sparseout.is_patched(opt)
     assert all(m.config is opt_config for m in opt.modules() if "config" in vars(m))
+
+
+@pytest.mark.parametrize("impl", ["eager", "sdpa"])
+def test_identity_sites_at_p0_are_counted_not_reported_as_disagreeing(impl):
+    model = build("gpt2", "causal-lm", impl)
+    inputs = {**batch(model), "use_cache": False}
+    report = hf_sparseout.patch(model, SparseoutConfig(p=0.0, q=1.5, attention="sparseout"), example_inputs=inputs)
+    checked = hf_sparseout.verify(model, inputs)
+    assert checked.ok and checked.disagreements == [], checked.to_table()
+    counted = {c.site for c in checked.sparseout if c.p == 0.0}
+    modules = {s.name for s in report.sparseout_sites if s.kind != "attention"}
+    assert modules <= counted  # every identity module site was seen, at p = 0
+
+
+@pytest.mark.parametrize("impl", ["eager", "sdpa"])
+def test_attention_kept_plain_is_reported_as_kept_not_uncovered(impl):
+    model = build("gpt2", "causal-lm", impl)
+    inputs = {**batch(model), "use_cache": False}
+    report = hf_sparseout.patch(model, SparseoutConfig(q=1.5, attention="keep"), example_inputs=inputs)
+    checked = hf_sparseout.verify(model, inputs)
+    kept = {s.name for s in report.plain_sites if s.reason == "attention='keep'"}
+    assert kept and {c.site for c in checked.kept} == kept
+    assert checked.ok and not checked.uncovered, checked.to_table()
+    assert all(c.reached_as == "kept" for c in checked.kept)
+    assert "kept plain" in checked.to_table() and json.loads(checked.to_json())["ok"] is True
+
+
+def test_plain_dropout_the_report_does_not_keep_is_still_uncovered():
+    model, inputs = _gpt2()
+    hf_sparseout.patch(
+        model, SparseoutConfig(q=1.5, attention="keep", exclude=["transformer.drop"]), example_inputs=inputs
+    )
+    checked = hf_sparseout.verify(model, inputs)
+    assert [c.place for c in checked.uncovered] == ["transformer.drop:dropout"] and not checked.ok
+
+
+def test_verify_on_a_torch_compile_wrapper_points_to_the_uncompiled_model():
+    from hf_sparseout.errors import HfSparseoutError
+
+    model, inputs = _gpt2()
+    hf_sparseout.patch(model, SparseoutConfig(q=1.5), example_inputs=inputs)
+    compiled = torch.compile(model, backend="eager")  # lazy: nothing is compiled unless it is called
+    with pytest.raises(HfSparseoutError, match=r"torch\.compile") as info:
+        hf_sparseout.verify(compiled, inputs)
+    assert "_orig_mod" in info.value.hint and isinstance(info.value, ValueError)
+    assert hf_sparseout.verify(compiled._orig_mod, inputs).ok

@@ -22,28 +22,7 @@ from hf_sparseout.metrics.threshold import (
 )
 from hf_sparseout.metrics.threshold_sites import select_sites
 from tests.architectures import build
-
-
-def tiny_gpt2(seed: int = 0) -> nn.Module:
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    torch.manual_seed(seed)
-    config = GPT2Config(vocab_size=128, n_positions=64, n_embd=32, n_layer=2, n_head=2, bos_token_id=0, eos_token_id=0)
-    return GPT2LMHeadModel(config).eval()
-
-
-def batches(n: int, batch: int = 3, seq: int = 24, seed: int = 0, pad: int = 0) -> list[dict[str, torch.Tensor]]:
-    """Random token batches; the first sequence of each has its last ``pad`` positions padded."""
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(n):
-        ids = torch.randint(1, 128, (batch, seq), generator=g)
-        mask = torch.ones_like(ids)
-        if pad:
-            mask[0, -pad:] = 0
-        out.append({"input_ids": ids, "attention_mask": mask})
-    return out
-
+from tests.threshold_helpers import batches, tiny_gpt2
 
 # -- quantiles -------------------------------------------------------------------------------------
 

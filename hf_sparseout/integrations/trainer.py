@@ -12,6 +12,7 @@ from transformers import TrainerCallback
 
 from hf_sparseout.metrics.functions import DEFAULT_NEAR_ZERO_THRESHOLD
 from hf_sparseout.metrics.monitor import METRICS, SparsityMonitor
+from hf_sparseout.patcher.patterns import abbreviate
 
 DEFAULT_METRICS: tuple[str, ...] = ("hoyer", "zero_fraction", "near_zero_fraction", "mean_abs")
 """Reported unless ``metrics=`` says otherwise (``l1_l2_ratio`` is Hoyer's measure before rescaling)."""
@@ -121,6 +122,8 @@ class SparsityCallback(TrainerCallback):
         self._handles: list[Any] = []
         self._attached = False
         self._incomplete = False
+        self._forwards = 0
+        """Forwards measured since the last reset (eval mode, inside an accelerate dataloader), this process."""
         self._warned: set[str] = set()
 
     # -- setup -----------------------------------------------------------------------------------
@@ -164,6 +167,7 @@ class SparsityCallback(TrainerCallback):
     def _root_pre(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         assert self.monitor is not None
         if _in_eval_dataloader(module):
+            self._forwards += 1
             self.monitor.set_attention_mask(_duplicate_free_mask(kwargs))
             self.monitor.start()
         else:
@@ -203,6 +207,7 @@ class SparsityCallback(TrainerCallback):
             return
         figures = self._figures(prefix)
         self.monitor.reset()
+        self._forwards = 0
         if not figures:
             return
         logs.update(figures)
@@ -221,11 +226,13 @@ class SparsityCallback(TrainerCallback):
         # predict() runs the same loop but logs nothing: its forwards must not count in the next evaluation.
         if self.monitor is not None:
             self.monitor.reset()
+        self._forwards = 0
         self._incomplete = False
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self.monitor is not None:
             self.monitor.reset()
+        self._forwards = 0
 
     # -- figures ---------------------------------------------------------------------------------
 
@@ -237,11 +244,7 @@ class SparsityCallback(TrainerCallback):
             self._incomplete = False
             return {}
         if not result["overall"]["tokens"] > 0:
-            self._warn_once(
-                "empty",
-                f"SparsityCallback measured nothing during this evaluation at sites {self.monitor.site_names}: "
-                "attention-probability sites run only in training; pass sites= with module or functional sites",
-            )
+            self._warn_once("empty", self._nothing_measured())
             return {}
         figures = {f"{prefix}_sparsity_{m}": result["overall"][m] for m in self.metrics}
         if self.per_site:
@@ -249,6 +252,23 @@ class SparsityCallback(TrainerCallback):
                 if values["vectors"] > 0:
                     figures.update({f"{prefix}_sparsity_{m}/{site}": values[m] for m in self.metrics})
         return figures
+
+    def _nothing_measured(self) -> str:
+        """What happened when an evaluation gave no figures: no forward was measured, or no site was called."""
+        assert self.monitor is not None
+        sites = abbreviate(self.monitor.site_names, 6)
+        if self._forwards == 0:
+            return (
+                "SparsityCallback saw no forward during this evaluation: the model was not called in eval mode while "
+                "an accelerate dataloader was iterated (Trainer's evaluation loop), so there is nothing to report; an "
+                "evaluation run outside Trainer.evaluate/its dataloader is not measured"
+            )
+        return (
+            f"SparsityCallback measured {self._forwards} evaluation forward{'s' if self._forwards != 1 else ''} on "
+            f"this process, but its sites ({sites}) were not called in them: these modules do not run in eval mode "
+            "(dropout on attention probabilities is skipped in eval) or are not on the model's forward path; pass "
+            "sites= with modules that run in eval (the default, every Sparseout site, includes them)"
+        )
 
     def _warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:

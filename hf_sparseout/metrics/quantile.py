@@ -35,6 +35,8 @@ class MagnitudeSample:
         self.rate = 1.0
         self.seen = 0
         self.zeros = 0
+        self.nonfinite = 0
+        """Values seen that were NaN or infinite (kept out of the sample: a caller should refuse them)."""
         self._chunks: list[torch.Tensor] = []
         self._held = 0
         self._generator = torch.Generator().manual_seed(seed)
@@ -48,8 +50,15 @@ class MagnitudeSample:
         return self._held
 
     def add(self, values: torch.Tensor) -> None:
-        """Add a 1-d tensor of magnitudes (any device/float dtype); kept with probability ``rate``."""
+        """Add a 1-d tensor of magnitudes (any device/float dtype); kept with probability ``rate``.
+
+        NaN and infinite values are counted in :attr:`nonfinite` and otherwise ignored.
+        """
         values = values.detach().reshape(-1).to("cpu", torch.float32)
+        finite = torch.isfinite(values)
+        if not bool(finite.all()):
+            self.nonfinite += values.numel() - int(finite.sum())
+            values = values[finite]
         self.seen += values.numel()
         self.zeros += values.numel() - int(torch.count_nonzero(values))
         if self.rate < 1.0:

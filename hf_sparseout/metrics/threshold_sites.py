@@ -13,15 +13,18 @@ A *site* is a module whose **input** is thresholded (a forward pre-hook). Named 
 * ``"sparseout"``: the Sparseout modules of a patched model (their input, i.e. the activations at the
   dropout sites).
 
-Anything else is a list of names, dotted suffixes or full-match regexes picking any modules.
+Anything else is a list of names, dotted suffixes or full-match regexes (plain, or ``"re:<regex>"``
+as on the command line) picking any modules.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 from torch import nn
 
+from hf_sparseout.errors import HfSparseoutError
 from hf_sparseout.layers import Sparseout
 from hf_sparseout.patcher.patterns import abbreviate, name_matches
 
@@ -94,12 +97,8 @@ MODEL_TYPES: dict[str, str] = {
 """``config.model_type`` -> family in :data:`FAMILIES`."""
 
 
-class ThresholdError(ValueError):
-    """Bad input to magnitude thresholding: the message says what is wrong, ``hint`` what to do."""
-
-    def __init__(self, message: str, hint: str | None = None) -> None:
-        super().__init__(f"{message} (hint: {hint})" if hint else message)
-        self.hint = hint
+class ThresholdError(HfSparseoutError, ValueError):
+    """Bad input to magnitude thresholding: ``message`` says what is wrong, ``hint`` what to do (CLI: exit 2)."""
 
 
 def family_of(model: nn.Module) -> str | None:
@@ -156,6 +155,24 @@ def teal_sites(model: nn.Module) -> dict[str, nn.Module]:
     return found
 
 
+def _pattern(pattern: object) -> str:
+    """A module name, dotted suffix or regex; ``"re:<regex>"`` (as on the command line) is the regex, checked."""
+    if not isinstance(pattern, str) or not pattern:
+        raise ThresholdError(
+            f"threshold site patterns must be non-empty strings, got {pattern!r}",
+            "pass module names, dotted suffixes or regexes (optionally as 're:<regex>')",
+        )
+    if not pattern.startswith("re:"):
+        return pattern
+    try:
+        re.compile(pattern[3:])
+    except re.error as err:
+        raise ThresholdError(
+            f"threshold sites {pattern!r} is not a valid regex: {err}", "fix the regular expression after 're:'"
+        ) from err
+    return pattern[3:]
+
+
 def select_sites(model: nn.Module, sites: str | Sequence[str] | None = None) -> dict[str, nn.Module]:
     """The modules whose input is thresholded, by name, in model order (see the module docstring).
 
@@ -189,7 +206,13 @@ def select_sites(model: nn.Module, sites: str | Sequence[str] | None = None) -> 
             )
         return found
     else:
-        patterns = [sites] if isinstance(sites, str) else list(sites)
+        if not isinstance(sites, (str, list, tuple)):
+            raise ThresholdError(
+                "threshold sites must be None, 'teal', 'family', 'sparseout', a pattern or a list of patterns, "
+                f"got {sites!r}",
+                "e.g. sites=['mlp.c_fc', 'attn.c_attn'] or sites='re:.*mlp.*'",
+            )
+        patterns = [_pattern(p) for p in ([sites] if isinstance(sites, str) else list(sites))]
         if not patterns:
             raise ThresholdError("sites is an empty list", "name at least one module, or pass sites=None")
     missing = [p for p in patterns if not any(name_matches(p, n) for n, _ in named)]

@@ -3,16 +3,20 @@
 :func:`verify` runs one training-mode forward (no gradients, LayerDrop off, the model's state
 restored afterwards, nothing drawn from the global RNG) and records every dropout application with
 ``p > 0`` per call place: Sparseout module calls (forward pre-hooks on every
-:class:`~hf_sparseout.Sparseout` module) and plain dropout that reaches torch (``F.dropout`` and
-the other dropout functions, SDPA's ``dropout_p``), named ``<module>:<function>`` after the
-innermost module running. For a patched model it also checks the patch's report against what it
-saw: every Sparseout site applied as often as the report says, and no more source lines applying
-plain dropout than the report's count of plain sites. Run it after upgrading transformers.
+:class:`~hf_sparseout.Sparseout` module; identity sites patched at ``p = 0`` are counted too) and
+plain dropout that reaches torch (``F.dropout`` and the other dropout functions, SDPA's
+``dropout_p``), named ``<module>:<function>`` after the innermost module running. For a patched
+model it also checks the patch's report against what it saw: every Sparseout site applied as often
+as the report says (an attention site at ``p = 0`` under SDPA is never called: nothing to apply),
+and no more source lines applying plain dropout than the report's count of plain sites. Plain
+dropout at an attention site the patch kept plain on purpose (``attention="keep"``, finetune's
+default) is reported as ``kept``, not as uncovered. Run it after upgrading transformers.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from hf_sparseout.errors import UsageError
 from hf_sparseout.layers import Sparseout
 from hf_sparseout.patcher.calls import DROPOUT_FUNCS, SDPA_DROPOUT, get_arg
 from hf_sparseout.patcher.config import is_finite_probability
@@ -46,9 +51,10 @@ class VerifyCall:
 
     Attributes:
         place: the Sparseout module's name, or ``<module>:<function>`` for plain dropout.
-        reached_as: ``"sparseout"`` or ``"plain"``.
+        reached_as: ``"sparseout"``, ``"plain"``, or ``"kept"`` (plain dropout at an attention site the
+            report keeps plain on purpose, ``attention="keep"``).
         p: the probability of the first call seen there; ``calls``: applications in the forward.
-        site: the report's site for a Sparseout place (``None`` if unknown or not patched).
+        site: the report's site for a Sparseout or kept place (``None`` if unknown or not patched).
     """
 
     place: str
@@ -76,8 +82,13 @@ class VerifyReport:
 
     @property
     def uncovered(self) -> list[VerifyCall]:
-        """Places where plain dropout still reached torch."""
+        """Places where plain dropout still reached torch, and the patch did not mean it to."""
         return [c for c in self.calls if c.reached_as == "plain"]
+
+    @property
+    def kept(self) -> list[VerifyCall]:
+        """Places where plain dropout reached torch at attention sites kept plain on purpose (``attention="keep"``)."""
+        return [c for c in self.calls if c.reached_as == "kept"]
 
     @property
     def agrees(self) -> bool:
@@ -86,7 +97,7 @@ class VerifyReport:
 
     @property
     def ok(self) -> bool:
-        """No plain dropout reached torch and the report agrees."""
+        """No plain dropout reached torch except where the patch keeps it, and the report agrees."""
         return not self.uncovered and self.agrees
 
     def to_dict(self) -> dict[str, Any]:
@@ -113,10 +124,12 @@ class VerifyReport:
         lines.insert(1, "  ".join("-" * w for w in widths))
         n_sparse = sum(c.calls for c in self.sparseout)
         n_plain = sum(c.calls for c in self.uncovered)
+        n_kept = sum(c.calls for c in self.kept)
         lines += [f"- {d}" for d in self.disagreements]
         verdict = "OK" if self.ok else ("UNCOVERED" if self.uncovered else "REPORT DISAGREES")
+        kept = f", {n_kept} kept plain (attention='keep')" if n_kept else ""
         lines.append(
-            f"{self.model} ({'patched' if self.patched else 'not patched'}): {n_sparse} Sparseout and {n_plain} "
+            f"{self.model} ({'patched' if self.patched else 'not patched'}): {n_sparse} Sparseout{kept} and {n_plain} "
             f"plain dropout applications, {len(self.uncovered)} places with plain dropout; "
             f"report {'agrees' if self.agrees else 'disagrees'}: {verdict}"
         )
@@ -152,6 +165,18 @@ class _CountMode(PrivateRandomMode):
         entry.lines.add(_source_line())
 
 
+def _refuse_compiled(model: nn.Module) -> None:
+    """A ``torch.compile`` wrapper runs a compiled graph: the per-module hooks and dropout calls are not seen."""
+    eval_frame = sys.modules.get("torch._dynamo.eval_frame")  # not imported: nothing was compiled
+    if eval_frame is not None and isinstance(model, getattr(eval_frame, "OptimizedModule", ())):
+        raise UsageError(
+            f"verify got a torch.compile wrapper ({type(model).__name__} around {type(model._orig_mod).__name__}): "
+            "the compiled graph hides the module calls and dropout applications verify counts",
+            "verify the uncompiled model: hf_sparseout.verify(compiled._orig_mod), or verify before torch.compile "
+            "(the compiled model runs the same patched modules)",
+        )
+
+
 def verify(model: nn.Module, example_inputs: dict[str, Any] | None = None) -> VerifyReport:
     """Run one training-mode forward and report which dropouts reached torch as Sparseout and which as plain.
 
@@ -160,7 +185,12 @@ def verify(model: nn.Module, example_inputs: dict[str, Any] | None = None) -> Ve
     training flags and configs are restored afterwards, and nothing is drawn from the global RNG
     (dropout and Sparseout are counted, not applied; other draws use a private generator). For a
     patched model the report's sites are checked against the counts (:attr:`VerifyReport.disagreements`).
+
+    Raises:
+        UsageError: ``model`` is a ``torch.compile`` wrapper (verify ``model._orig_mod``).
+        RuntimeError: the forward pass failed (pass ``example_inputs``).
     """
+    _refuse_compiled(model)
     inputs = default_inputs(model) if example_inputs is None else example_inputs
     state = _state(model)
     stack: list[tuple[str, nn.Module]] = []
@@ -171,7 +201,7 @@ def verify(model: nn.Module, example_inputs: dict[str, Any] | None = None) -> Ve
     def push(name: str):
         def hook(module, args):
             stack.append((name, module))
-            if module in sparse_names and module.training and float(module.p) > 0:
+            if module in sparse_names and module.training:  # p = 0 too: an identity site is still a site
                 entry = seen.setdefault(name, VerifyCall(name, "sparseout", float(module.p)))
                 entry.calls += 1
                 module.training = False  # the identity: counted, not applied (no RNG draw)
@@ -219,11 +249,36 @@ def _compare(result: VerifyReport, report: Any) -> None:
         if site.kind == "inserted":
             continue  # new sites: the probe does not count them
         calls = seen[site.module].calls if site.module in seen else 0
+        if calls == 0 and site.kind == "attention" and site.new_p == 0:
+            continue  # an identity attention site: SDPA with dropout_p = 0 never calls it, nothing to apply
         if calls != site.calls:
             result.disagreements.append(f"site {site.name}: report says {site.calls} calls, saw {calls}")
+    _mark_kept(result, report)
     # One site can be read by several modules (a config value read by every layer): compare source lines.
-    lines = {line for call in result.uncovered for line in call.lines}
+    lines = {line for call in result.calls if call.reached_as != "sparseout" for line in call.lines}
     if len(lines) > len(report.plain_sites):
         result.disagreements.append(
             f"{len(lines)} source lines apply plain dropout but the report lists {len(report.plain_sites)} plain sites"
         )
+
+
+KEPT_REASON = "attention='keep'"
+
+
+def _mark_kept(result: VerifyReport, report: Any) -> None:
+    """Plain calls made by the module owning an attention site the report keeps plain become ``kept``.
+
+    A kept site is a dropout module (``<owner>.dropout``, applied inside ``<owner>``) or a float
+    attribute of its owner (``<owner>.attention_dropout`` passed to ``F.dropout`` or SDPA in
+    ``<owner>``'s forward) with the site's probability; the plain call's place is ``<module>:<function>``.
+    Plain dropout anywhere else (an excluded site, one hf-sparseout cannot redirect) stays uncovered.
+    """
+    kept: dict[str, tuple[str, float]] = {}
+    for site in report.plain_sites:
+        if site.kind == "attention" and site.reason == KEPT_REASON:
+            kept.setdefault(site.name, (site.name, site.p))
+            kept.setdefault(site.name.rpartition(".")[0], (site.name, site.p))
+    for call in result.uncovered:
+        name, p = kept.get(call.place.rpartition(":")[0], (None, None))
+        if name is not None and math.isclose(call.p, p, rel_tol=1e-6):  # the kept site's own probability
+            call.reached_as, call.site = "kept", name
