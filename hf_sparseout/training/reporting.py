@@ -286,30 +286,19 @@ def write_run_file(
     return path
 
 
-# The terminal table keeps what compares runs at a glance; metrics.json and report.md have every column.
-NOT_PRINTED = {"best_step", "train_loss", "rel_near_zero", "grad_norm_max", "f1_macro"}
-SHORT = {"hoyer_init": "hoyer@init", "grad_norm_median": "grad_norm", "tokens/s": "tok/s", "samples/s": "samples/s"}
-
-
 def print_summary(results: list[RunResult], task: str) -> None:
-    """The final comparison as a rich table on stdout."""
-    from rich.table import Table
+    """The final comparison as a rich table on stdout (``summary_table``: short headers, a legend)."""
+    from hf_sparseout.training.summary_table import summary_table
 
-    rows = summary_rows(results, task)
     key, _ = headline(task)
-    shown = {c: SHORT.get(c, c) for c in rows[0] if c not in NOT_PRINTED}
-    shown[f"best_eval_{key}"] = "best"
-    columns = [c for c in shown if any(r.get(c) is not None for r in rows)]
+    bounds = {
+        r.name: {k for k, t in zip(CURVE_KEYS, (0.01, 0.05), strict=True) if not r.curve.bounded(t)}
+        for r in results
+        if r.curve is not None
+    }
     console = wide_console()
-    table = Table(
-        title=f"hf-sparseout finetune ({task})",
-        caption="all columns: metrics.json and report.md" if len(columns) < len(rows[0]) else None,
-    )
-    for c in columns:
-        table.add_column(shown[c], justify="left" if c == "run" else "right")
-    for r in rows:
-        table.add_row(*(f"{r[c]:.4g}" if isinstance(r.get(c), float) else str(r.get(c, "")) for c in columns))
-    console.print(table)
+    title = f"hf-sparseout finetune ({task})"
+    console.print(summary_table(summary_rows(results, task), key, console.width, bounds, title))
 
 
 def wide_console() -> Console:
