@@ -2,47 +2,11 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
+from summary_fixtures import fake_curve as _curve
+from summary_fixtures import fake_run as _run
 
-from hf_sparseout.metrics.threshold import CurvePoint, SparsityCurve
-from hf_sparseout.training.loop import RunResult
 from hf_sparseout.training.reporting import print_summary
-
-
-def _curve(ppl_at: list[float]) -> SparsityCurve:
-    """A curve from 100 perplexity with one point per 0.1 of sparsity (``ppl_at[i]`` at ``0.1 * (i + 1)``)."""
-    points = [CurvePoint(0.0, 0.0, 0.0, {"perplexity": 100.0}, {})]
-    points += [CurvePoint(0.1 * (i + 1), 0.1 * (i + 1), 0.1, {"perplexity": v}, {}) for i, v in enumerate(ppl_at)]
-    return SparsityCurve("perplexity", 100.0, points, calibration=None)  # type: ignore[arg-type]
-
-
-def _run(name: str, q: float, ppl: float, curve: SparsityCurve | None = None) -> RunResult:
-    report = SimpleNamespace(sparseout_sites=[f"s{i}" for i in range(5)])
-    sites = {f"s{i}": {"hoyer": 0.2} for i in range(5)}
-    final = {"step": 415, "perplexity": ppl, "eval_loss": 5.95, "hoyer": 0.2123}
-    if curve is not None:  # as the runner records them in the final evaluation
-        final |= {"sparsity_at_1pct": curve.sparsity_at_1pct, "sparsity_at_5pct": curve.sparsity_at_5pct}
-    return RunResult(
-        name=name,
-        q=q,
-        report=report,  # type: ignore[arg-type]
-        evals=[
-            {"step": 200, "perplexity": ppl * 1.1, "eval_loss": 6.0, "hoyer": 0.21},
-            final,
-        ],
-        sparsity={"sites": sites},
-        global_step=415,
-        throughput=5805.3,
-        init={"hoyer": 0.22021},
-        grad_norms=[(1, 1.2345), (2, 0.9997)],
-        curve=curve,
-    )
-
-
-def _table_lines(out: str) -> list[str]:
-    return [line for line in out.splitlines() if line.strip()]
 
 
 def _headers(out: str) -> list[str]:

@@ -115,23 +115,26 @@ def write_metrics(
 def write_plots(out: Path, results: list[RunResult], task: str) -> dict[str, str]:
     """Training loss, eval metric vs step, and per-site Hoyer sparsity (runs overlaid)."""
     plt = require_matplotlib("finetune's plots")
+    from hf_sparseout.metrics.plot_style import legend_outside, plain_ticks
 
     key, label = headline(task)
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = plt.subplots(figsize=(7, 4.6))
     for r in results:
         steps, losses = zip(*r.train_loss, strict=True) if r.train_loss else ((), ())
         ax.plot(steps, losses, label=f"{r.name} (q={r.q:g})", alpha=0.85)
     ax.set(xlabel="optimizer step", ylabel="training loss", title="Training loss")
-    ax.legend()
+    plain_ticks(ax)
+    legend_outside(ax)
     fig.tight_layout()
     fig.savefig(out / PLOTS["training_loss"], dpi=120)
     plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = plt.subplots(figsize=(7, 4.6))
     for r in results:
         ax.plot([e["step"] for e in r.evals], [e.get(key) for e in r.evals], marker="o", label=f"{r.name} (q={r.q:g})")
     ax.set(xlabel="optimizer step", ylabel=label, title=f"Eval {key}")
-    ax.legend()
+    plain_ticks(ax)
+    legend_outside(ax)
     fig.tight_layout()
     fig.savefig(out / PLOTS["eval_metric"], dpi=120)
     plt.close(fig)
@@ -145,6 +148,7 @@ def write_plots(out: Path, results: list[RunResult], task: str) -> dict[str, str
     ax.set_xticks([x + width * (len(results) - 1) / 2 for x in range(len(sites))])
     ax.set_xticklabels(sites, rotation=70, ha="right", fontsize=7)
     ax.set(ylabel="Hoyer sparsity (0 dense .. 1 one-hot)")
+    plain_ticks(ax)
     ax.set_title("Activation sparsity entering each site (eval)", pad=28)
     ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(results), frameon=False)
     fig.tight_layout()
