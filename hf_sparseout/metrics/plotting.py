@@ -89,13 +89,17 @@ def plot_sparsity(
     for i, site in enumerate(hist_sites):
         _histogram(fig.add_subplot(grid[1 + i // 2, i % 2]), runs, site, _common_prefix(sites))
     if title:
-        fig.suptitle(title)
+        from hf_sparseout.metrics.plot_style import wrapped
+
+        fig.suptitle(wrapped(title, 100))
     if path is not None:
         fig.savefig(os.fspath(path), format="png")
     return fig
 
 
 def _bars(ax: Any, runs: Mapping[str, Mapping[str, Any]], sites: list[str], metric: str) -> None:
+    from hf_sparseout.metrics.plot_style import legend_outside, plain_ticks
+
     prefix = _common_prefix(sites)
     y = np.arange(len(sites))
     height = 0.8 / len(runs)
@@ -108,11 +112,14 @@ def _bars(ax: Any, runs: Mapping[str, Mapping[str, Any]], sites: list[str], metr
     ax.invert_yaxis()
     ax.set_xlabel(metric.replace("_", " ") + (" (1 = one-hot, 0 = dense)" if metric == "hoyer" else ""))
     ax.set_title(f"{metric.replace('_', ' ')} per site" + (f" ({prefix[:-1]})" if prefix else ""), fontsize=10)
-    ax.legend(fontsize=8, loc="lower right")
+    plain_ticks(ax)
+    legend_outside(ax, fontsize=8)
     ax.grid(axis="x", alpha=0.3)
 
 
 def _histogram(ax: Any, runs: Mapping[str, Mapping[str, Any]], site: str, prefix: str) -> None:
+    from hf_sparseout.metrics.plot_style import legend_outside, plain_ticks
+
     lo, hi = None, None
     for j, (label, result) in enumerate(runs.items()):
         hist = result["histograms"][site]
@@ -139,4 +146,5 @@ def _histogram(ax: Any, runs: Mapping[str, Mapping[str, Any]], site: str, prefix
     ax.set_xlabel("|activation| (log-spaced bins)")
     ax.set_ylabel("fraction of elements")
     ax.set_title(site[len(prefix) :], fontsize=9)
-    ax.legend(fontsize=7)
+    plain_ticks(ax)
+    legend_outside(ax, fontsize=7, ncol=1)

@@ -12,6 +12,7 @@ from typing import Any
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from hf_sparseout.metrics.plot_style import legend_outside, plain_ticks, wrapped
 from hf_sparseout.metrics.threshold import LOWER_IS_BETTER, SparsityCurve
 
 
@@ -32,7 +33,7 @@ def plot_sparsity_curves(
     """
     if not curves:
         raise ValueError("curves is empty: pass {label: SparsityCurve or its to_dict()}")
-    fig = Figure(figsize=(7, 4.2), dpi=dpi, layout="constrained")
+    fig = Figure(figsize=(7, 4.8), dpi=dpi, layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     metric = None
@@ -56,8 +57,10 @@ def plot_sparsity_curves(
     ax.set_ylabel(metric.replace("_", " ") if metric else "")
     if metric in LOWER_IS_BETTER:
         ax.set_yscale("log")
-    ax.set_title(title or "magnitude thresholding: quality against sparsity (bands: 1% of each run's reference)")
-    ax.legend(fontsize=8)
+    plain_ticks(ax)
+    default = "Magnitude thresholding: quality against sparsity (band: 1 % of each run's reference)"
+    ax.set_title(wrapped(title or default))
+    legend_outside(ax, fontsize=8)
     ax.grid(alpha=0.3)
     if path is not None:
         fig.savefig(os.fspath(path), format="png")

@@ -430,10 +430,11 @@ def write_plot(path: Path, result: Any) -> Path:
     lines with a ±1 std band.
     """
     plt = require_matplotlib("the sweep's plot (sweep.png)")
+    from hf_sparseout.metrics.plot_style import legend_outside, plain_ticks
 
     _, label = headline(result.task)
     m = result.metric
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    fig, ax = plt.subplots(figsize=(7.5, 5.2))
     ax2 = ax.twinx()
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     lines = series(result.summary)
@@ -462,7 +463,9 @@ def write_plot(path: Path, result: Any) -> Path:
     ax.set_title(f"Sweep over q: mean ± std over {'/'.join(map(str, n))} seed(s)")
     handles = ax.get_legend_handles_labels()
     handles2 = ax2.get_legend_handles_labels()
-    ax.legend(handles[0] + handles2[0], handles[1] + handles2[1], fontsize=8, loc="best")
+    plain_ticks(ax)
+    plain_ticks(ax2)
+    legend_outside(ax, handles[0] + handles2[0], handles[1] + handles2[1], fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -130,23 +130,26 @@ def write_metrics(
 def write_plots(out: Path, results: list[RunResult], task: str) -> dict[str, str]:
     """Training loss, eval metric vs step, and per-site Hoyer sparsity (runs overlaid)."""
     plt = require_matplotlib("finetune's plots")
+    from hf_sparseout.metrics.plot_style import legend_outside, plain_ticks
 
     key, label = headline(task)
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = plt.subplots(figsize=(7, 4.6))
     for r in results:
         steps, losses = zip(*r.train_loss, strict=True) if r.train_loss else ((), ())
         ax.plot(steps, losses, label=run_label(r.name, r.q), alpha=0.85)
     ax.set(xlabel="optimizer step", ylabel="training loss", title="Training loss")
-    ax.legend()
+    plain_ticks(ax)
+    legend_outside(ax)
     fig.tight_layout()
     fig.savefig(out / PLOTS["training_loss"], dpi=120)
     plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = plt.subplots(figsize=(7, 4.6))
     for r in results:
         ax.plot([e["step"] for e in r.evals], [e.get(key) for e in r.evals], marker="o", label=run_label(r.name, r.q))
     ax.set(xlabel="optimizer step", ylabel=label, title=f"Eval {key}")
-    ax.legend()
+    plain_ticks(ax)
+    legend_outside(ax)
     fig.tight_layout()
     fig.savefig(out / PLOTS["eval_metric"], dpi=120)
     plt.close(fig)
@@ -160,6 +163,7 @@ def write_plots(out: Path, results: list[RunResult], task: str) -> dict[str, str
     ax.set_xticks([x + width * (len(results) - 1) / 2 for x in range(len(sites))])
     ax.set_xticklabels(sites, rotation=70, ha="right", fontsize=7)
     ax.set(ylabel="Hoyer sparsity (0 dense .. 1 one-hot)")
+    plain_ticks(ax)
     ax.set_title("Activation sparsity entering each site (eval)", pad=28)
     ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(results), frameon=False)
     fig.tight_layout()
@@ -318,35 +322,19 @@ def write_run_file(
     return path
 
 
-# The terminal table keeps what compares runs at a glance; metrics.json and report.md have every column.
-NOT_PRINTED = {"best_step", "train_loss", "rel_near_zero", "grad_norm_max", "f1_macro", FIXED_KEY}
-SHORT = {"hoyer_init": "hoyer@init", "grad_norm_median": "grad_norm", "tokens/s": "tok/s", "samples/s": "samples/s"}
-
-
 def print_summary(results: list[RunResult], task: str) -> None:
-    """The final comparison as a rich table on stdout."""
-    from rich.table import Table
+    """The final comparison as a rich table on stdout (``summary_table``: short headers, a legend)."""
+    from hf_sparseout.training.summary_table import summary_table
 
-    rows = summary_rows(results, task)
     key, _ = headline(task)
-    shown = {c: SHORT.get(c, c) for c in rows[0] if c not in NOT_PRINTED}
-    shown[f"best_eval_{key}"] = "best"
-    columns = [c for c in shown if any(r.get(c) is not None for r in rows)]
+    bounds = {
+        r.name: {k for k, t in zip(CURVE_KEYS, (0.01, 0.05), strict=True) if not r.curve.bounded(t)}
+        for r in results
+        if r.curve is not None
+    }
     console = wide_console()
-    table = Table(
-        title=f"hf-sparseout finetune ({task})",
-        caption="all columns: metrics.json and report.md" if len(columns) < len(rows[0]) else None,
-    )
-    for c in columns:
-        table.add_column(shown[c], justify="left" if c == "run" else "right")
-    for r in rows:
-        table.add_row(
-            *(
-                _q_or(r, c, lambda v: f"{v:.4g}" if isinstance(v, float) else ("" if v is None else str(v)))
-                for c in columns
-            )
-        )
-    console.print(table)
+    title = f"hf-sparseout finetune ({task})"
+    console.print(summary_table(summary_rows(results, task), key, console.width, bounds, title))
 
 
 def wide_console() -> Console:

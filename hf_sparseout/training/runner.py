@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from hf_sparseout.errors import HfSparseoutError
 from hf_sparseout.hub import write_model_card
 from hf_sparseout.integrations.distributed import check_launch
+from hf_sparseout.library_noise import quiet_known_library_messages
 from hf_sparseout.logs import get_logger
 from hf_sparseout.optional import MATPLOTLIB, require
 from hf_sparseout.outdir_lock import entries, hold_output_dir, refuse_if_held
@@ -192,6 +193,7 @@ def _push(out: Path, args: FinetuneArgs) -> str:
     return args.hub_model_id
 
 
+@quiet_known_library_messages()
 def finetune(args: FinetuneArgs, end_training: bool = True) -> FinetuneOutcome:
     """Run ``hf-sparseout finetune`` with ``args``; ``UsageError`` for bad input, before anything is written.
 
