@@ -1,0 +1,120 @@
+"""``python -m bench.gpu_check``: the dry run (every stage imports and parses) and the time-boxed runner.
+
+The runner is exercised with stub stages (tiny Python modules written by the test), so nothing here needs a
+GPU; the real stages are only parsed (``--dry-run``), never run.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.gpu_check import runner
+from bench.gpu_check.stages import DEFAULT_BUDGET_S, STAGES, Stage, shares
+
+STUB = """
+import argparse, json, pathlib, time
+
+
+def build_parser():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", type=pathlib.Path)
+    ap.add_argument("--time-limit-s", type=float)
+    ap.add_argument("--name")
+    ap.add_argument("--sleep", type=float, default=0.0)
+    ap.add_argument("--verdict", default="pass")
+    return ap
+
+
+if __name__ == "__main__":
+    a = build_parser().parse_args()
+    md = (a.out / "gpu_check.md").read_text()
+    record = {"verdict": a.verdict, "summary": f"md had {md.count(chr(10))} lines"}
+    (a.out / f"{a.name}.json").write_text(json.dumps(record))
+    time.sleep(a.sleep)
+"""
+
+
+@pytest.fixture
+def stub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A stage module ``gpu_check_stub`` importable by the runner's child processes and by this process."""
+    (tmp_path / "gpu_check_stub.py").write_text(STUB)
+    monkeypatch.setenv("PYTHONPATH", f"{tmp_path}:{':'.join(sys.path)}")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return "gpu_check_stub"
+
+
+def stage(name: str, module: str, share: float, min_s: float = 0.0, *extra: str) -> Stage:
+    return Stage(name, name, module, share, min_s, ("--name", name, *extra))
+
+
+def test_shares_split_the_budget_in_proportion() -> None:
+    got = shares(240.0)
+    assert sum(got.values()) == pytest.approx(240.0)
+    assert [s.name for s in STAGES][:2] == ["env", "gpu_tests"]  # most important first
+    assert got["e2e_gpt2_sdpa"] == pytest.approx(240.0 * 140 / DEFAULT_BUDGET_S)
+
+
+def test_dry_run_lists_and_checks_every_stage(tmp_path: Path) -> None:
+    lines: list[str] = []
+    assert runner.dry_run(STAGES, tmp_path / "out", 300.0, echo=lines.append) == 0
+    text = "\n".join(lines)
+    for s in STAGES:
+        assert f"- {s.name}:" in text
+    assert text.count("check: ok") == len(STAGES)
+    assert text.count("--time-limit-s") == len(STAGES)
+    assert not (tmp_path / "out").exists()  # a dry run writes nothing
+
+
+def test_dry_run_reports_a_stage_that_does_not_parse_or_import(tmp_path: Path) -> None:
+    bad = (
+        Stage("badarg", "bad arguments", "bench.gpu_check.env_stage", 10, 1, ("--no-such-option",)),
+        Stage("badmod", "bad module", "bench.gpu_check.no_such_stage", 10, 1),
+    )
+    lines: list[str] = []
+    assert runner.dry_run(bad, tmp_path, 20.0, echo=lines.append) == 1
+    text = "\n".join(lines)
+    assert "ERROR arguments do not parse" in text
+    assert "ERROR ModuleNotFoundError" in text
+
+
+@pytest.mark.slow
+def test_runner_kills_a_stage_past_its_allowance_and_keeps_what_it_wrote(tmp_path: Path, stub: str) -> None:
+    stages = (
+        stage("first", stub, 3.0),
+        stage("slow", stub, 3.0, 0.0, "--sleep", "60", "--verdict", "info"),
+        stage("last", stub, 3.0, 100.0),  # can never fit: skipped, with a line
+    )
+    records = runner.run_stages(stages, tmp_path, budget_s=9.0)
+    assert [records[s.name]["status"] for s in stages] == ["ok", "timeout", "skipped"]
+    assert records["slow"]["verdict"] == "info"  # written before the kill, kept
+    assert records["slow"]["wall_s"] < 30
+    index = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert list(index["stages"]) == ["first", "slow", "last"]
+    rows = [ln for ln in (tmp_path / "gpu_check.md").read_text().splitlines() if ln.startswith("| ")]
+    assert [r.split("|")[1].strip() for r in rows[1:]] == ["first", "slow", "last"]
+    assert "needs >= 100 s" in rows[-1]
+
+
+def test_each_md_line_is_written_when_its_stage_ends(tmp_path: Path, stub: str) -> None:
+    records = runner.run_stages((stage("a", stub, 20.0), stage("b", stub, 20.0)), tmp_path, budget_s=40.0)
+    before_a = int(records["a"]["summary"].split()[2])
+    assert int(records["b"]["summary"].split()[2]) == before_a + 1  # a's line was on disk when b started
+
+
+def test_resume_skips_the_stages_recorded_ok(tmp_path: Path, stub: str) -> None:
+    stages = (stage("a", stub, 20.0), stage("b", stub, 20.0, 0.0, "--verdict", "FAIL"))
+    runner.run_stages(stages, tmp_path, budget_s=40.0)
+    (tmp_path / "a.json").unlink()
+    records = runner.run_stages(stages, tmp_path, budget_s=40.0, resume=True)
+    assert not (tmp_path / "a.json").exists()  # a (ok) did not run again
+    assert records["b"]["verdict"] == "FAIL" and records["a"]["status"] == "ok"
+
+
+def test_main_exit_status_is_1_on_a_failed_verdict(tmp_path: Path, stub: str, monkeypatch) -> None:
+    monkeypatch.setattr(runner, "STAGES", (stage("a", stub, 20.0, 0.0, "--verdict", "FAIL"),))
+    monkeypatch.setattr(runner, "select", lambda only, stages=None: runner.STAGES)
+    assert runner.main(["--out", str(tmp_path), "--budget-s", "20"]) == 1
