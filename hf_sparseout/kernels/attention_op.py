@@ -10,6 +10,8 @@ the plain attention output ``O1``. This module imports ``triton`` only when a ke
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from hf_sparseout.ops import backend as _backend
@@ -163,3 +165,64 @@ def sparseout_attention(
     return _FlashSparseoutAttention.apply(
         query, key, value, attn_mask, bool(is_causal), scale, float(p), float(q), gradient, int(seed), int(ctr)
     )
+
+
+ATTENTION_KERNEL = "flash attention"
+
+
+def _signature(query: torch.Tensor, attn_mask: torch.Tensor | None, is_causal: bool, q: float, gradient: str) -> tuple:
+    """What selects the compiled kernel variants: device, dtype, head size, mask kind, causal, q = 2, O1 stored."""
+    mask = None if attn_mask is None else ("bool" if attn_mask.dtype == torch.bool else str(attn_mask.dtype))
+    exact_o1 = gradient == "exact" and q != 2.0
+    return (str(query.device), query.dtype, query.size(-1), mask, bool(is_causal), q == 2.0, exact_o1)
+
+
+def _probe_run(query: torch.Tensor, attn_mask: torch.Tensor | None, is_causal: bool, q: float, gradient: str):
+    """A tiny forward and backward through the kernels of this signature (fixed Philox draw: no RNG use)."""
+
+    def run() -> None:
+        d, n = query.size(-1), 16
+        base = torch.linspace(-1.0, 1.0, n * d, device=query.device).reshape(1, 1, n, d)  # no RNG draw
+        t = [(base * (i + 1)).to(query.dtype).requires_grad_() for i in range(3)]
+        mask = None
+        if attn_mask is not None:
+            mask = torch.zeros(n, n, dtype=attn_mask.dtype, device=query.device)
+            mask = mask.logical_not() if attn_mask.dtype == torch.bool else mask
+        with torch.cuda.device(query.device) if query.is_cuda else contextlib.nullcontext():
+            out = sparseout_attention(*t, mask, is_causal, None, 0.1, q, gradient, rng=(0, 0))
+            torch.autograd.grad(out.float().sum(), t)
+
+    return run
+
+
+def sparseout_attention_or_reason(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attn_mask: torch.Tensor | None,
+    is_causal: bool,
+    scale: float | None,
+    p: float,
+    q: float,
+    gradient: str,
+) -> tuple[torch.Tensor | None, str | None]:
+    """:func:`sparseout_attention`, failing soft: ``(out, None)``, or ``(None, cause)`` when the kernels failed.
+
+    The first call of a signature runs the kernels forward and backward on a tiny input; a compile or launch
+    failure there or in the call itself is logged once and remembered (:mod:`hf_sparseout.kernels.fallback`),
+    and the caller computes the attention explicitly. Under ``torch.compile`` the kernel runs as is.
+    """
+    from hf_sparseout.kernels import fallback
+
+    if torch.compiler.is_compiling():
+        return sparseout_attention(query, key, value, attn_mask, is_causal, scale, p, q, gradient), None
+    sig = _signature(query, attn_mask, is_causal, q, gradient)
+    reason = fallback.probe(ATTENTION_KERNEL, sig, _probe_run(query, attn_mask, is_causal, q, gradient))
+    if reason is not None:
+        return None, reason
+    try:
+        return sparseout_attention(query, key, value, attn_mask, is_causal, scale, p, q, gradient), None
+    except Exception as err:
+        if not fallback.is_kernel_failure(err):
+            raise
+        return None, fallback.record(ATTENTION_KERNEL, sig, err)
