@@ -5,7 +5,10 @@ to the explicit computation; :func:`sparseout_attention` runs it. The keep mask'
 taken from the CUDA generator of the query's device (as the element-wise kernel does), so
 ``torch.utils.checkpoint`` recomputes the same mask, and backward regenerates it: backward keeps ``q, k, v``,
 the output, one float32 log-sum-exp per row, ``(seed, ctr)`` and, for the exact gradient rule at ``q != 2``,
-the plain attention output ``O1``. This module imports ``triton`` only when a kernel runs.
+the plain attention output ``O1``. Under ``torch.compile`` the same kernels run as the custom op
+``hf_sparseout::flash_attention_fwd`` (:mod:`hf_sparseout.kernels.attention_custom_op`), one graph node;
+:func:`sparseout_attention_or_reason` is the patcher's fail-soft entry (:mod:`hf_sparseout.kernels.fallback`).
+This module imports ``triton`` only when a kernel runs.
 """
 
 from __future__ import annotations
@@ -50,8 +53,6 @@ def flash_path_reason(
         return f"sparseout backend {_backend.get_backend()!r}"
     if not _backend.triton_available():
         return "triton is not installed"
-    if torch.compiler.is_compiling():
-        return "under torch.compile (the kernel is not a torch.library custom op yet)"
     if query.dim() != 4 or key.dim() != 4 or value.dim() != 4:
         return "query/key/value are not 4-D"
     if query.dtype not in FLASH_DTYPES or key.dtype != query.dtype or value.dtype != query.dtype:
@@ -158,6 +159,11 @@ def sparseout_attention(
     scale = 1.0 / math.sqrt(query.size(-1)) if scale is None else float(scale)
     if not 0.0 <= p < 1.0 or not q > 0:
         raise ValueError(f"flash Sparseout attention takes 0 <= p < 1 and q > 0, got p={p!r}, q={q!r}")
+    if torch.compiler.is_compiling():  # one graph node: the custom op (hf_sparseout/kernels/attention_custom_op.py)
+        from hf_sparseout.kernels.attention_custom_op import flash_attention_fwd
+
+        args = (bool(is_causal), scale, float(p), float(q), gradient)
+        return flash_attention_fwd(query, key, value, attn_mask, *args)[0]
     if rng is None:
         with torch.cuda.device(query.device):
             rng = next_philox(query.device)
