@@ -118,3 +118,12 @@ def test_main_exit_status_is_1_on_a_failed_verdict(tmp_path: Path, stub: str, mo
     monkeypatch.setattr(runner, "STAGES", (stage("a", stub, 20.0, 0.0, "--verdict", "FAIL"),))
     monkeypatch.setattr(runner, "select", lambda only, stages=None: runner.STAGES)
     assert runner.main(["--out", str(tmp_path), "--budget-s", "20"]) == 1
+
+
+def test_ptb_option_reaches_the_finetune_stage_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    captured: list[str] = []
+    real = runner.dry_run
+    monkeypatch.setattr(runner, "dry_run", lambda st, out, budget: real(st, out, budget, echo=captured.append))
+    assert runner.main(["--dry-run", "--only", "env,finetune", "--ptb", str(tmp_path)]) == 0
+    commands = [ln for ln in captured if "command:" in ln]
+    assert len(commands) == 2 and "--ptb" not in commands[0] and f"--ptb {tmp_path}" in commands[1]

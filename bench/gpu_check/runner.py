@@ -5,6 +5,7 @@ Run on a CUDA machine (after the README's install, with the ``triton`` extra)::
     python -m bench.gpu_check                       # 480 s, into bench/results/gpu/<UTC date>/
     python -m bench.gpu_check --budget-s 300 --out /tmp/gpu
     python -m bench.gpu_check --dry-run             # any machine: stages, budgets, commands; checks they parse
+    python -m bench.gpu_check --ptb /data/ptb       # PTB elsewhere than ../shared/data/ptb
 
 Budget: each stage gets its share of ``--budget-s`` (``stages.shares``) plus whatever earlier stages left
 unspent, never more than the time left; a stage whose allowance is under its minimum is skipped (a line says
@@ -26,6 +27,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--only", default=None, help="comma-separated stage names (default: all, in order)")
     ap.add_argument("--resume", action="store_true", help="skip the stages recorded as ok in --out")
     ap.add_argument("--dry-run", action="store_true", help="list stages, budgets and commands; check they parse")
+    ap.add_argument("--ptb", type=Path, default=None, help="PTB directory for the finetune stage (default ../shared)")
     return ap
 
 
@@ -168,6 +171,9 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point; the exit status is 1 when a stage failed its check or verdict (dry run: failed to parse)."""
     args = build_parser().parse_args(argv)
     stages = select(args.only)
+    if args.ptb is not None:
+        ptb = ("--ptb", str(args.ptb.resolve()))
+        stages = tuple(replace(s, args=s.args + ptb) if s.name == "finetune" else s for s in stages)
     out = args.out or default_out()
     if args.dry_run:
         return dry_run(stages, out, args.budget_s)
