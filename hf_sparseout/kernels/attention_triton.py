@@ -317,8 +317,48 @@ def _dot_mode(x: torch.Tensor) -> int:
 
 
 def _blocks(device: torch.device) -> tuple[int, int]:
-    """``(BLOCK_M, BLOCK_N)``: 64 x 64 on a GPU; 16 x 16 in the interpreter (CPU tensors), where size is time."""
+    """``(BLOCK_M, BLOCK_N)`` without autotuning: 64 x 64 on a GPU; 16 x 16 in the interpreter, where size is time."""
     return (64, 64) if device.type == "cuda" else (16, 16)
+
+
+# Autotuning (GPU only; the interpreter and explicit ``blocks`` launch the plain kernels). The mask is a function
+# of the element index alone, so every configuration computes the same result up to summation order. Configurations
+# that do not fit the device (shared memory, registers) are skipped by the autotuner. Kernels write (never
+# accumulate into) their outputs, so benchmarking a configuration leaves nothing to reset.
+TUNE_SHAPES: tuple[tuple[int, int, int, int], ...] = (
+    (64, 64, 4, 2),
+    (128, 64, 8, 2),
+    (64, 32, 4, 3),
+    (128, 32, 4, 2),
+    (32, 64, 4, 3),
+    (128, 128, 8, 2),
+)
+"""``(BLOCK_M, BLOCK_N, num_warps, num_stages)`` tried per kernel and shape."""
+
+
+def tune_configs() -> list[triton.Config]:
+    """The autotuner's configurations (:data:`TUNE_SHAPES`)."""
+    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in TUNE_SHAPES]
+
+
+_KEY = ["M", "N", "D", "GROUP", "CAUSAL", "MASK_KIND", "IEEE"]
+_attn_fwd_tuned = triton.autotune(tune_configs(), key=[*_KEY, "STORE_O1"])(_attn_fwd_kernel)
+_attn_bwd_dkdv_tuned = triton.autotune(tune_configs(), key=[*_KEY, "Q2"])(_attn_bwd_dkdv_kernel)
+_attn_bwd_dq_tuned = triton.autotune(tune_configs(), key=[*_KEY, "Q2"])(_attn_bwd_dq_kernel)
+
+
+def autotuned(device: torch.device, blocks: tuple[int, int] | None) -> bool:
+    """Whether launches autotune: CUDA tensors, not the interpreter, no explicit ``blocks``."""
+    return blocks is None and device.type == "cuda" and os.environ.get("TRITON_INTERPRET") != "1"
+
+
+def _launch(plain, tuned, grid_of, blocks: tuple[int, int] | None, device: torch.device, *args, **flags) -> None:
+    """Launch ``tuned`` (autotuned block sizes) or ``plain`` with ``blocks`` (default :func:`_blocks`)."""
+    if autotuned(device, blocks):
+        tuned[lambda meta: grid_of(meta["BLOCK_M"], meta["BLOCK_N"])](*args, **flags)
+    else:
+        bm, bn = blocks or _blocks(device)
+        plain[grid_of(bm, bn)](*args, BLOCK_M=bm, BLOCK_N=bn, **flags)
 
 
 def _mask_args(mask: torch.Tensor | None, b: int, h: int, m: int, n: int, dummy: torch.Tensor) -> tuple:
@@ -361,8 +401,12 @@ def attention_fwd(
     seed: int,
     ctr: int,
     store_o1: bool = False,
+    blocks: tuple[int, int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """``(O, lse, O1)``: Sparseout(p, q=sq) attention for the mask ``(seed, ctr)``; ``O1 = softmax V`` if asked."""
+    """``(O, lse, O1)``: Sparseout(p, q=sq) attention for the mask ``(seed, ctr)``; ``O1 = softmax V`` if asked.
+
+    ``blocks = (BLOCK_M, BLOCK_N)`` fixes the block sizes (tests); by default a GPU autotunes them.
+    """
     _check(q, k, v)
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     B, H, M, D = q.shape
@@ -372,15 +416,14 @@ def attention_fwd(
     lse = torch.empty((B, H, M), dtype=torch.float32, device=q.device)
     mptr, kind, ms = _mask_args(mask, B, H, M, N, q)
     s, lo, hi, thresh, nk, hq = _common(q, k, v, p, sq / 2.0, seed, ctr)
-    bm, bn = _blocks(q.device)
     bd = max(16, triton.next_power_of_2(D))
-    grid = (triton.cdiv(M, bm), B * H)
-    _attn_fwd_kernel[grid](
+    _launch(
+        _attn_fwd_kernel, _attn_fwd_tuned, lambda bm, bn: (triton.cdiv(M, bm), B * H), blocks, q.device,
         q, k, v, mptr, out, o1, lse,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1),
         v.stride(2), *ms, H, H // HKV, M, N, D, float(scale), s, lo, hi, thresh, nk, hq,
         CAUSAL=bool(causal), MASK_KIND=kind, STORE_O1=bool(store_o1), IEEE=_dot_mode(q),
-        BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, SUB=SUB, N_ROUNDS=N_ROUNDS,
+        BLOCK_D=bd, SUB=SUB, N_ROUNDS=N_ROUNDS,
     )  # fmt: skip
     return out, lse, (o1 if store_o1 else None)
 
@@ -402,8 +445,9 @@ def attention_bwd(
     lse: torch.Tensor,
     o1: torch.Tensor | None,
     max_scale: float,
+    blocks: tuple[int, int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(dQ, dK, dV)`` for the forward of :func:`attention_fwd` with the same arguments."""
+    """``(dQ, dK, dV)`` for the forward of :func:`attention_fwd` with the same arguments (``blocks``: as there)."""
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     B, H, M, D = q.shape
     HKV, N = k.size(1), k.size(2)
@@ -420,17 +464,18 @@ def attention_bwd(
     dv = torch.empty((B, HKV, N, D), dtype=v.dtype, device=q.device)
     mptr, kind, ms = _mask_args(mask, B, H, M, N, q)
     s, lo, hi, thresh, nk, hq = _common(q, k, v, p, half_q, seed, ctr)
-    bm, bn = _blocks(q.device)
     bd = max(16, triton.next_power_of_2(D))
     strides = (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2))
     strides += (v.stride(0), v.stride(1), v.stride(2), *ms)
     flags = dict(CAUSAL=bool(causal), MASK_KIND=kind, Q2=sq == 2.0, IEEE=_dot_mode(q))
-    flags |= dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, SUB=SUB, N_ROUNDS=N_ROUNDS)
+    flags |= dict(BLOCK_D=bd, SUB=SUB, N_ROUNDS=N_ROUNDS)
     rng = (s, lo, hi, thresh, nk, hq, float(coef), float(max_scale))
-    _attn_bwd_dkdv_kernel[(triton.cdiv(N, bn), B * HKV)](
-        q, k, v, mptr, do, lse, delta, dk, dv, *strides, H, HKV, H // HKV, M, N, D, float(scale), *rng, **flags
-    )
-    _attn_bwd_dq_kernel[(triton.cdiv(M, bm), B * H)](
-        q, k, v, mptr, do, lse, delta, dq, *strides, H, H // HKV, M, N, D, float(scale), *rng, **flags
-    )
+    _launch(
+        _attn_bwd_dkdv_kernel, _attn_bwd_dkdv_tuned, lambda bm, bn: (triton.cdiv(N, bn), B * HKV), blocks, q.device,
+        q, k, v, mptr, do, lse, delta, dk, dv, *strides, H, HKV, H // HKV, M, N, D, float(scale), *rng, **flags,
+    )  # fmt: skip
+    _launch(
+        _attn_bwd_dq_kernel, _attn_bwd_dq_tuned, lambda bm, bn: (triton.cdiv(M, bm), B * H), blocks, q.device,
+        q, k, v, mptr, do, lse, delta, dq, *strides, H, H // HKV, M, N, D, float(scale), *rng, **flags,
+    )  # fmt: skip
     return dq, dk, dv
