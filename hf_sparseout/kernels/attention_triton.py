@@ -330,10 +330,8 @@ TUNE_SHAPES: tuple[tuple[int, int, int, int], ...] = (
     (128, 64, 8, 2),
     (64, 32, 4, 3),
     (128, 32, 4, 2),
-    (32, 64, 4, 3),
-    (128, 128, 8, 2),
 )
-"""``(BLOCK_M, BLOCK_N, num_warps, num_stages)`` tried per kernel and shape."""
+"""``(BLOCK_M, BLOCK_N, num_warps, num_stages)`` tried per kernel and shape (each is a compile on first use: few)."""
 
 
 def tune_configs() -> list[triton.Config]:
