@@ -130,3 +130,12 @@ def test_a_forced_triton_backend_raises_instead(monkeypatch):
     with backend.use_backend("triton"), pytest.raises(Exception):  # noqa: B017 (the launch's own error)
         hf_sparseout.sparseout(torch.randn(8), 0.2, 1.5)
     assert fallback.failures() == {}
+
+
+def test_no_probe_under_inference_mode():
+    calls = []
+    with torch.inference_mode():
+        assert fallback.probe("k", 1, lambda: calls.append(1)) is None
+    assert calls == []
+    assert fallback.probe("k", 1, lambda: calls.append(1)) is None and calls == [1]
+    assert fallback.probe("k", 1, lambda: calls.append(1)) is None and calls == [1]  # once per signature

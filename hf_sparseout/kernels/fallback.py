@@ -55,8 +55,11 @@ def failed(kernel: str, key: Hashable) -> str | None:
 
 
 def probe(kernel: str, key: Hashable, run: Callable[[], object]) -> str | None:
-    """Run ``run()`` (a tiny forward and backward) the first time ``key`` is seen; the failure cause or ``None``."""
-    if (kernel, key) not in _probed:
+    """Run ``run()`` (a tiny forward and backward) the first time ``key`` is seen; the failure cause or ``None``.
+
+    Under ``torch.inference_mode`` nothing is probed (no backward can run there; the next call outside probes).
+    """
+    if (kernel, key) not in _probed and not torch.is_inference_mode_enabled():
         _probed.add((kernel, key))
         try:
             with torch.enable_grad():
