@@ -45,7 +45,7 @@ def device_name(device: str | torch.device) -> str:
     """A human-readable device name: the GPU model, or the CPU with its thread count."""
     device = torch.device(device)
     if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
+        return torch.cuda.get_device_name(device) if torch.cuda.is_available() else "CUDA (not available)"
     return f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"
 
 

@@ -127,3 +127,29 @@ def test_ptb_option_reaches_the_finetune_stage_only(tmp_path: Path, monkeypatch:
     assert runner.main(["--dry-run", "--only", "env,finetune", "--ptb", str(tmp_path)]) == 0
     commands = [ln for ln in captured if "command:" in ln]
     assert len(commands) == 2 and "--ptb" not in commands[0] and f"--ptb {tmp_path}" in commands[1]
+
+
+def test_e2e_record_is_where_the_runner_reads_it_with_ratios_and_verdict(tmp_path: Path) -> None:
+    """bench_gpt2_e2e's stage record: the file the e2e stage names, ratios over dropout, the 1.10x/1.05x target."""
+    from types import SimpleNamespace
+
+    from bench import bench_gpt2_e2e as e2e
+
+    args = e2e.build_parser().parse_args(["--gpu-check", "--out", str(tmp_path)])
+    model = SimpleNamespace(modules=lambda: [])
+    runners = {
+        name: SimpleNamespace(peak=peak * 2**30, how="", model=model)
+        for name, peak in (("dropout", 10.0), ("sparseout", 10.4), ("sparseout-explicit", 14.0))
+    }
+    times = {"dropout": [0.100, 0.102, 0.098], "sparseout": [0.108, 0.109, 0.2], "sparseout-explicit": [0.15] * 3}
+    e2e.stage_record(args, e2e.rows_of(runners, times, args), {}, final=True)
+    stage = next(s for s in STAGES if s.name == "e2e_gpt2_sdpa")
+    record = json.loads(stage.json_path(tmp_path).read_text())
+    rows = {r["variant"]: r for r in record["rows"]}
+    assert rows["sparseout"]["x_time"] == pytest.approx(0.109 / 0.100)  # medians over rounds
+    assert rows["sparseout"]["x_memory"] == pytest.approx(1.04)
+    assert rows["sparseout"]["meets_target"] and not rows["sparseout-explicit"]["meets_target"]
+    assert record["verdict"] == "pass" and record["targets"]["x_time"] == 1.10
+    times["sparseout"] = [0.12] * 3
+    e2e.stage_record(args, e2e.rows_of(runners, times, args), {}, final=True)
+    assert json.loads(stage.json_path(tmp_path).read_text())["verdict"] == "FAIL"
