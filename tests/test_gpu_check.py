@@ -153,3 +153,23 @@ def test_e2e_record_is_where_the_runner_reads_it_with_ratios_and_verdict(tmp_pat
     times["sparseout"] = [0.12] * 3
     e2e.stage_record(args, e2e.rows_of(runners, times, args), {}, final=True)
     assert json.loads(stage.json_path(tmp_path).read_text())["verdict"] == "FAIL"
+
+
+@pytest.mark.slow
+def test_finetune_stage_resumes_to_the_same_run_on_cpu(tmp_path: Path) -> None:
+    """Stage (g) end to end with a tiny preset on a generated PTB-like corpus: both runs finish and agree."""
+    from bench.gpu_check import finetune_stage
+
+    ptb = tmp_path / "ptb"
+    ptb.mkdir()
+    words = [f"w{i}" for i in range(50)]
+    for split, n in (("train", 600), ("valid", 60), ("test", 60)):
+        lines = (" ".join(words[(i * 7 + j * 3) % 50] for j in range(12)) for i in range(n))
+        (ptb / f"ptb.{split}.txt").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out"
+    argv = ["--out", str(out), "--ptb", str(ptb), "--steps", "4", "--from-config", "gpt2-tiny"]
+    finetune_stage.main([*argv, "--block-size", "32", "--mixed-precision", "no"])
+    record = json.loads((out / "finetune.json").read_text())
+    assert record["full"]["rc"] == 0 and record["resumed"]["rc"] == 0, record
+    assert record["resumed"]["command"][-1].endswith("step-2")  # resumed from the full run's checkpoint
+    assert record["verdict"] == "pass" and record["resume_rel_diff"] <= 0.01

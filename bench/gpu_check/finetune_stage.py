@@ -35,17 +35,21 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--q", type=float, default=1.5)
     ap.add_argument("--resume-rtol", type=float, default=0.01, help="allowed relative eval-loss difference")
+    ap.add_argument("--from-config", default="gpt2-small", help="model preset (a smaller one: a CPU smoke run)")
+    ap.add_argument("--block-size", type=int, default=1024)
+    ap.add_argument("--mixed-precision", default="bf16")
     return ap
 
 
-def finetune_args(ptb: Path, out_dir: Path, steps: int, q: float) -> list[str]:
+def finetune_args(ptb: Path, out_dir: Path, args: argparse.Namespace) -> list[str]:
     """The ``hf-sparseout finetune`` options of both runs (without ``--resume-from-checkpoint``)."""
+    steps = args.steps
     return [
-        "finetune", "--dataset", str(ptb), "--from-config", "gpt2-small", "--mixed-precision", "bf16",
-        "--block-size", "1024", "--batch-size", "8", "--max-steps", str(steps), "--save-steps", str(steps // 2),
-        "--save-minutes", "0", "--eval-steps", str(steps), "--max-eval-samples", "32", "--q", str(q),
-        "--baseline", "none", "--learning-rate", "6e-4", "--warmup-ratio", "0.05",
-        "--output-dir", str(out_dir), "--overwrite-output-dir",
+        "finetune", "--dataset", str(ptb), "--from-config", args.from_config, "--mixed-precision",
+        args.mixed_precision, "--block-size", str(args.block_size), "--batch-size", "8", "--max-steps", str(steps),
+        "--save-steps", str(steps // 2), "--save-minutes", "0", "--eval-steps", str(steps),
+        "--max-eval-samples", "32", "--q", str(args.q), "--learning-rate", "6e-4",
+        "--warmup-ratio", "0.05", "--output-dir", str(out_dir), "--overwrite-output-dir",
     ]  # fmt: skip
 
 
@@ -56,7 +60,7 @@ def dry_check(args: argparse.Namespace) -> None:
     from hf_sparseout_cli.main import app
 
     group = typer.main.get_command(app)
-    argv = finetune_args(args.ptb or Path("ptb"), args.out / "finetune" / "full", args.steps, args.q)
+    argv = finetune_args(args.ptb or Path("ptb"), args.out / "finetune" / "full", args)
     ctx = group.make_context("hf-sparseout", list(argv), resilient_parsing=False)
     command = group.get_command(ctx, argv[0])
     command.make_context(argv[0], [*argv[1:], "--resume-from-checkpoint", "latest"], parent=ctx)
@@ -92,12 +96,12 @@ def main(argv: list[str] | None = None) -> None:
     base = args.out / "finetune"
     base.mkdir(parents=True, exist_ok=True)
     record: dict[str, Any] = {"ptb": str(ptb), "steps": args.steps, "q": args.q}
-    full = finetune_args(ptb, base / "full", args.steps, args.q)
+    full = finetune_args(ptb, base / "full", args)
     record["full"] = _run(full, args.out / "finetune_full.log", max(deadline.time_left(), 1))
     record["full"]["summary"] = _summary(base / "full")
     write_json(path, record | {"verdict": "none (unfinished)", "summary": f"full run rc {record['full']['rc']}"})
     ckpt = base / "full" / "checkpoints" / "sparseout" / f"step-{args.steps // 2}"
-    resumed = [*finetune_args(ptb, base / "resumed", args.steps, args.q), "--resume-from-checkpoint", str(ckpt)]
+    resumed = [*finetune_args(ptb, base / "resumed", args), "--resume-from-checkpoint", str(ckpt)]
     if record["full"]["rc"] == 0 and deadline.time_left() > 0:
         record["resumed"] = _run(resumed, args.out / "finetune_resumed.log", max(deadline.time_left(), 1))
         record["resumed"]["summary"] = _summary(base / "resumed")
@@ -107,7 +111,8 @@ def main(argv: list[str] | None = None) -> None:
         record["resume_rel_diff"] = diff
         verdict = "pass" if diff <= args.resume_rtol else "FAIL"
         summary = f"eval loss {a['eval_loss']:.4f} (full) vs {b['eval_loss']:.4f} (resumed), rel diff {diff:.1e}; "
-        summary += f"{a.get('tokens/s')} tokens/s, peak {a.get('peak_memory_mb', 0):.0f} MiB"
+        peak = a.get("peak_memory_mb")
+        summary += f"{a.get('tokens/s')} tokens/s, peak " + (f"{peak:.0f} MiB" if peak is not None else "n/a")
     else:
         failed = record["full"]["rc"] != 0 or (record.get("resumed") or {}).get("rc") not in (0, None)
         verdict = "FAIL" if failed else "none (unfinished)"
