@@ -173,3 +173,26 @@ def test_finetune_stage_resumes_to_the_same_run_on_cpu(tmp_path: Path) -> None:
     assert record["full"]["rc"] == 0 and record["resumed"]["rc"] == 0, record
     assert record["resumed"]["command"][-1].endswith("step-2")  # resumed from the full run's checkpoint
     assert record["verdict"] == "pass" and record["resume_rel_diff"] <= 0.01
+
+
+def test_attention_accuracy_verdict_fails_on_a_mismatch_or_an_error() -> None:
+    """Stage (c): a numerical mismatch past the dtype's tolerance is a FAIL, as is a kernel that did not run."""
+    import torch
+
+    from bench.gpu_check import attention_accuracy as acc
+
+    want = torch.randn(64, dtype=torch.float64)
+    norm, top = acc.rel_err(want + 1e-3 * want.abs().max(), want)
+    assert top == pytest.approx(1e-3) and norm > 0
+    assert acc.rel_err(torch.full((3,), float("nan")), torch.ones(3)) == (float("inf"), float("inf"))
+
+    def row(dtype: str, err: float) -> dict:
+        tol = acc.TOLERANCE[dtype]
+        return {"dtype": dtype, "worst_rel_err": err, "max_rel_err": {"out": err}, "tolerance": tol, "ok": err <= tol}
+
+    fine = [row("float32", 0.5 * acc.TOLERANCE["float32"]), row("bfloat16", 0.9 * acc.TOLERANCE["bfloat16"])]
+    assert acc.summarise(fine, 2)[0] == "pass"
+    assert acc.summarise(fine, 3)[0] == "none (unfinished)"
+    assert acc.summarise([*fine, row("float16", 2 * acc.TOLERANCE["float16"])], 3)[0] == "FAIL"
+    verdict, summary = acc.summarise([*fine, {"dtype": "float16", "ok": False, "error": "x"}], 3)
+    assert verdict == "FAIL" and "1 errors" in summary

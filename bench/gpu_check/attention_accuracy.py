@@ -5,8 +5,9 @@ reference gradient rule, and one exact-rule case) the flash kernel runs on the i
 CUDA generator is rewound and the patcher's explicit path (scores, softmax, the Sparseout element-wise kernel on
 the (B, H, M, N) probabilities, matmul) runs on the same values in float32: both draw the same Philox
 ``(seed, ctr)``, and the attention kernel's mask is the element-wise kernel's stream, so the masks are equal.
-Recorded per case: the max relative error (``max |flash - explicit| / max |explicit|``) of the output and of
-dQ, dK, dV, against a tolerance per dtype. A kernel that fails to compile or launch is an ``error`` row; a
+Recorded per case, for the output and dQ, dK, dV: the relative error ``||flash - explicit|| / ||explicit||``
+(the verdict, against a tolerance per dtype) and the max relative error ``max |flash - explicit| / max
+|explicit|``. A kernel that fails to compile or launch is an ``error`` row; a
 numerical mismatch is a ``FAIL`` (never hidden by the fail-soft fallback: this calls the kernel directly).
 """
 
@@ -19,8 +20,9 @@ import torch
 
 from bench.gpu_check.record import Deadline, add_stage_args, write_json
 
-TOLERANCE = {"float32": 1e-4, "bfloat16": 2e-2, "float16": 5e-3}
-"""Max relative error allowed per input dtype (bf16/fp16: the kernel's output and gradients are rounded)."""
+TOLERANCE = {"float32": 4e-5, "bfloat16": 3e-2, "float16": 4e-3}
+"""Relative error (norm) allowed per input dtype: twice the interpreter tests' (tests/attention_reference.py), as
+the GPU tests allow (the GPU's bf16/fp16 dot and exp round differently)."""
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -63,12 +65,13 @@ def make_mask(kind: str | None, b: int, m: int, n: int, device: torch.device) ->
     return (-0.05 * (pos[None, :] - torch.arange(m, device=device, dtype=torch.float32)[:, None]).abs())[None, None]
 
 
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    """``max |a - b| / max |b|`` in float64 (``inf`` on a non-finite ``a``)."""
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
+    """``(||a - b|| / ||b||, max |a - b| / max |b|)`` in float64 (``inf`` on a non-finite ``a``)."""
     a64, b64 = a.double(), b.double()
     if not torch.isfinite(a64).all():
-        return float("inf")
-    return float((a64 - b64).abs().max() / b64.abs().max().clamp_min(1e-30))
+        return float("inf"), float("inf")
+    d = a64 - b64
+    return float(d.norm() / b64.norm().clamp_min(1e-30)), float(d.abs().max() / b64.abs().max().clamp_min(1e-30))
 
 
 def compare(dtype: str, shape: str, p: float, sq: float, gradient: str) -> dict[str, Any]:
@@ -101,15 +104,27 @@ def compare(dtype: str, shape: str, p: float, sq: float, gradient: str) -> dict[
     ref_grads = torch.autograd.grad(ref, ref_ins, g.float())
     errs = {"out": rel_err(out, ref)}
     errs |= {f"d{n}": rel_err(a, b) for n, a, b in zip("qkv", grads, ref_grads, strict=True)}
-    worst = max(errs.values())
-    row = {"dtype": dtype, "shape": shape, "q": sq, "gradient": gradient, **cfg, "rel_err": errs}
-    return row | {"max_rel_err": worst, "tolerance": TOLERANCE[dtype], "ok": worst <= TOLERANCE[dtype]}
+    worst = max(e[0] for e in errs.values())
+    row = {"dtype": dtype, "shape": shape, "q": sq, "gradient": gradient, **cfg}
+    row |= {"rel_err": {k: e[0] for k, e in errs.items()}, "max_rel_err": {k: e[1] for k, e in errs.items()}}
+    return row | {"worst_rel_err": worst, "tolerance": TOLERANCE[dtype], "ok": worst <= TOLERANCE[dtype]}
 
 
 def cases(args: argparse.Namespace) -> list[tuple[str, str, float, str]]:
     """``(dtype, shape, q, gradient)`` for every case, plus one exact-rule case (the first dtype and shape)."""
     out = [(d, s, args.q, "reference") for d in args.dtypes for s in args.shapes]
     return [*out, (args.dtypes[0], args.shapes[0], args.q, "exact")]
+
+
+def summarise(rows: list[dict[str, Any]], total: int) -> tuple[str, str]:
+    """``(verdict, summary)``: FAIL on any failed or errored case; per dtype the worst error over its tolerance."""
+    bad = [r for r in rows if not r["ok"]]
+    ran = [r for r in rows if "error" not in r]
+    ratio = {d: max((r["worst_rel_err"] / r["tolerance"] for r in ran if r["dtype"] == d), default=0.0) for d in DTYPES}
+    worst_max = max((max(r["max_rel_err"].values()) for r in ran), default=float("nan"))
+    summary = f"{len(rows)}/{total} cases, {len(bad)} failed ({len(rows) - len(ran)} errors); worst rel err / tol "
+    summary += ", ".join(f"{d} {w:.2f}" for d, w in ratio.items()) + f"; max rel err {worst_max:.1e}"
+    return ("FAIL" if bad else ("pass" if len(rows) == total else "none (unfinished)")), summary
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -128,10 +143,7 @@ def main(argv: list[str] | None = None) -> None:
             rows.append({"dtype": dtype, "shape": shape, "q": sq, "gradient": gradient, "ok": False})
             rows[-1]["error"] = f"{type(err).__name__}: {str(err)[:500]}"
         print(rows[-1], flush=True)
-        bad = [r for r in rows if not r["ok"]]
-        worst = max((r.get("max_rel_err", 0.0) for r in rows if "error" not in r), default=float("nan"))
-        summary = f"{len(rows)}/{len(todo)} cases, {len(bad)} failed, worst rel err {worst:.2e}"
-        verdict = "FAIL" if bad else ("pass" if len(rows) == len(todo) else "none (unfinished)")
+        verdict, summary = summarise(rows, len(todo))
         write_json(args.out / "attention_accuracy.json", {"rows": rows, "verdict": verdict, "summary": summary})
 
 
