@@ -19,8 +19,9 @@ no atomics), one per query block accumulates dQ.
 Random numbers. The keep mask of probability ``(b, h, i, j)`` is element ``e = ((b H + h) M + i) N + j`` of
 the stream of :mod:`hf_sparseout.kernels.sparseout_triton` (``keep_mask(B*H*M*N, p, seed, ctr)``), i.e. the mask
 the element-wise kernel would draw on the contiguous ``(B, H, M, N)`` probability tensor with the same
-``(seed, ctr)``. Each element runs its own Philox call and keeps one of its four outputs: simple and
-block-size independent, but four times the minimum Philox work (to optimise when a GPU is at hand).
+``(seed, ctr)``, whatever the block sizes. In that stream the four outputs of one Philox call mask four
+consecutive elements, so when ``N`` is a multiple of 4 a tile makes one call per four columns and uses all four
+outputs (``ALIGNED``); otherwise each element runs its own call and keeps one output (four times the work).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import torch
 import triton
 import triton.language as tl
 
-from hf_sparseout.kernels.sparseout_triton import N_ROUNDS, SUB, _philox4x32, _rng_args, _threshold
+from hf_sparseout.kernels.sparseout_triton import N_ROUNDS, _philox4x32, _rng_args, _threshold
 
 MASK_NONE, MASK_ADD, MASK_BOOL = 0, 1, 2
 SUPPORTED_DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat16, torch.float16)
@@ -39,18 +40,36 @@ MIN_HEAD_DIM, MAX_HEAD_DIM = 16, 128
 
 
 @triton.jit
-def _keep(e, seed, ctr_lo, ctr_hi, thresh, SUB: tl.constexpr, N_ROUNDS: tl.constexpr):
-    """Keep mask of flat element indices ``e`` (int64): the element-wise kernel's counter layout."""
+def _philox_at(g, seed, ctr_lo, ctr_hi, N_ROUNDS: tl.constexpr):
+    """The four outputs of the Philox calls with counters ``(ctr_lo, ctr_hi, g_lo, g_hi)`` (``g`` int64)."""
     s = seed.to(tl.uint64)
     k0 = (s & 0xFFFFFFFF).to(tl.uint32)
     k1 = (s >> 32).to(tl.uint32)
-    g = (e // (4 * SUB)) * SUB + e % SUB
-    lane = (e // SUB) % 4
     g_lo = (g & 0xFFFFFFFF).to(tl.uint32)
     g_hi = (g >> 32).to(tl.uint32)
     zero = g_lo * 0
-    c0, c1, c2, c3 = _philox4x32(k0, k1, zero + ctr_lo.to(tl.uint32), zero + ctr_hi.to(tl.uint32), g_lo, g_hi, N_ROUNDS)
-    r = tl.where(lane == 0, c0, tl.where(lane == 1, c1, tl.where(lane == 2, c2, c3)))
+    return _philox4x32(k0, k1, zero + ctr_lo.to(tl.uint32), zero + ctr_hi.to(tl.uint32), g_lo, g_hi, N_ROUNDS)
+
+
+@triton.jit
+def _keep(row_base, cols, seed, ctr_lo, ctr_hi, thresh, ALIGNED: tl.constexpr, N_ROUNDS: tl.constexpr):
+    """Keep mask of the tile ``row_base[:, None] + cols[None, :]`` (flat int64 indices): the element-wise stream.
+
+    Element ``e`` takes output ``e % 4`` of the Philox call ``e // 4``. ``ALIGNED`` (rows of a multiple of 4 and
+    ``cols`` a run starting at a multiple of 4): one call per four columns, all four outputs used. Otherwise one
+    call per element, keeping one output (four times the work).
+    """
+    if ALIGNED:
+        bm: tl.constexpr = row_base.shape[0]
+        bn: tl.constexpr = cols.shape[0]
+        g = (row_base[:, None] + tl.min(cols, 0)) // 4 + tl.arange(0, bn // 4)[None, :]
+        c0, c1, c2, c3 = _philox_at(g, seed, ctr_lo, ctr_hi, N_ROUNDS)
+        r = tl.reshape(tl.join(tl.join(c0, c2), tl.join(c1, c3)), [bm, bn])  # [.., 2i + j] = c_(2i + j)
+    else:
+        e = row_base[:, None] + cols[None, :]
+        c0, c1, c2, c3 = _philox_at(e // 4, seed, ctr_lo, ctr_hi, N_ROUNDS)
+        lane = e % 4
+        r = tl.where(lane == 0, c0, tl.where(lane == 1, c1, tl.where(lane == 2, c2, c3)))
     return (r >> 8).to(tl.int32) < thresh
 
 
@@ -145,7 +164,7 @@ def _attn_fwd_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr,
-    SUB: tl.constexpr,
+    ALIGNED: tl.constexpr,
     N_ROUNDS: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
@@ -178,7 +197,7 @@ def _attn_fwd_kernel(
         d = s - m_safe[:, None]
         e1 = tl.exp(d)
         eh = tl.exp(half_q * d)
-        keep = _keep(row_base[:, None] + cols[None, :], seed, ctr_lo, ctr_hi, thresh, SUB, N_ROUNDS)
+        keep = _keep(row_base, cols, seed, ctr_lo, ctr_hi, thresh, ALIGNED, N_ROUNDS)
         e2 = eh * tl.where(keep, noise_keep, -1.0)
         l_i = l_i * alpha + tl.sum(e1, 1)
         acc1 = acc1 * alpha[:, None] + _dot(e1.to(v.dtype), v, IEEE)
@@ -201,12 +220,12 @@ def _attn_fwd_kernel(
 @triton.jit
 def _probs_grad(
     s, lse, do, v, delta, rows, cols, bh, M, N, seed, ctr_lo, ctr_hi, thresh, noise_keep, half_q, coef, max_scale,
-    Q2: tl.constexpr, IEEE: tl.constexpr, SUB: tl.constexpr, N_ROUNDS: tl.constexpr,
+    Q2: tl.constexpr, IEEE: tl.constexpr, ALIGNED: tl.constexpr, N_ROUNDS: tl.constexpr,
 ):  # fmt: skip
     """``(Pt, dS)`` of one tile: the Sparseout'd probabilities and the score gradient (float32)."""
     d = s - lse[:, None]  # -inf where masked; lse = +inf on empty rows
     p = tl.exp(d)
-    keep = _keep((bh * M + rows.to(tl.int64))[:, None] * N + cols[None, :], seed, ctr_lo, ctr_hi, thresh, SUB, N_ROUNDS)
+    keep = _keep((bh * M + rows.to(tl.int64)) * N, cols, seed, ctr_lo, ctr_hi, thresh, ALIGNED, N_ROUNDS)
     nz = tl.where(keep, noise_keep, -1.0)
     if Q2:
         pt = p + p * nz
@@ -226,7 +245,7 @@ def _attn_bwd_dkdv_kernel(
     sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, smb, smh, smm, smn,
     H, HKV, GROUP, M, N, D, scale, seed, ctr_lo, ctr_hi, thresh, noise_keep, half_q, coef, max_scale,
     CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr, Q2: tl.constexpr, IEEE: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, SUB: tl.constexpr, N_ROUNDS: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, ALIGNED: tl.constexpr, N_ROUNDS: tl.constexpr,
 ):  # fmt: skip
     pid_n = tl.program_id(0)
     bhk = tl.program_id(1).to(tl.int64)
@@ -256,7 +275,7 @@ def _attn_bwd_dkdv_kernel(
             s = _scores(q, k, rows, cols, b, h, M, N, scale, MASKP, smb, smh, smm, smn, CAUSAL, MASK_KIND, IEEE)
             pt, ds = _probs_grad(
                 s, lse, do, v, delta, rows, cols, bh, M, N, seed, ctr_lo, ctr_hi, thresh, noise_keep, half_q, coef,
-                max_scale, Q2, IEEE, SUB, N_ROUNDS,
+                max_scale, Q2, IEEE, ALIGNED, N_ROUNDS,
             )  # fmt: skip
             dv += _dot(tl.trans(pt.to(do.dtype)), do, IEEE)
             dk += _dot(tl.trans(ds.to(q.dtype)), q, IEEE)
@@ -271,7 +290,7 @@ def _attn_bwd_dq_kernel(
     sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, smb, smh, smm, smn,
     H, GROUP, M, N, D, scale, seed, ctr_lo, ctr_hi, thresh, noise_keep, half_q, coef, max_scale,
     CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr, Q2: tl.constexpr, IEEE: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, SUB: tl.constexpr, N_ROUNDS: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, ALIGNED: tl.constexpr, N_ROUNDS: tl.constexpr,
 ):  # fmt: skip
     pid_m = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
@@ -298,7 +317,7 @@ def _attn_bwd_dq_kernel(
         s = _scores(q, k, rows, cols, b, h, M, N, scale, MASKP, smb, smh, smm, smn, CAUSAL, MASK_KIND, IEEE)
         _, ds = _probs_grad(
             s, lse, do, v, delta, rows, cols, bh, M, N, seed, ctr_lo, ctr_hi, thresh, noise_keep, half_q, coef,
-            max_scale, Q2, IEEE, SUB, N_ROUNDS,
+            max_scale, Q2, IEEE, ALIGNED, N_ROUNDS,
         )  # fmt: skip
         dq += _dot(ds.to(k.dtype), k, IEEE)
     tl.store(DQ + bh * M * D + roff * D + dims[None, :], (dq * scale).to(DQ.dtype.element_ty), mask=qmask)
@@ -421,7 +440,7 @@ def attention_fwd(
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1),
         v.stride(2), *ms, H, H // HKV, M, N, D, float(scale), s, lo, hi, thresh, nk, hq,
         CAUSAL=bool(causal), MASK_KIND=kind, STORE_O1=bool(store_o1), IEEE=_dot_mode(q),
-        BLOCK_D=bd, SUB=SUB, N_ROUNDS=N_ROUNDS,
+        BLOCK_D=bd, ALIGNED=N % 4 == 0, N_ROUNDS=N_ROUNDS,
     )  # fmt: skip
     return out, lse, (o1 if store_o1 else None)
 
@@ -466,7 +485,7 @@ def attention_bwd(
     strides = (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2))
     strides += (v.stride(0), v.stride(1), v.stride(2), *ms)
     flags = dict(CAUSAL=bool(causal), MASK_KIND=kind, Q2=sq == 2.0, IEEE=_dot_mode(q))
-    flags |= dict(BLOCK_D=bd, SUB=SUB, N_ROUNDS=N_ROUNDS)
+    flags |= dict(BLOCK_D=bd, ALIGNED=N % 4 == 0, N_ROUNDS=N_ROUNDS)
     rng = (s, lo, hi, thresh, nk, hq, float(coef), float(max_scale))
     _launch(
         _attn_bwd_dkdv_kernel, _attn_bwd_dkdv_tuned, lambda bm, bn: (triton.cdiv(N, bn), B * HKV), blocks, q.device,
