@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import argparse
 import math
+import time
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
-from bench.common import median_seconds, write_results
+from bench.common import RESULTS_DIR, add_check_args, median_seconds, write_results, write_stage_record
 from hf_sparseout.kernels.attention_op import sparseout_attention
 from hf_sparseout.ops import backend
 from hf_sparseout.ops.sparseout import sparseout
@@ -62,8 +63,11 @@ def impls(device: str, p: float) -> dict[str, Callable[..., torch.Tensor]]:
 def run(args: argparse.Namespace) -> None:
     """Time every implementation at every sequence length; print and write the results."""
     dtype = DTYPES[args.dtype]
-    rows = []
+    rows: list[dict] = []
+    end = time.monotonic() + args.time_limit_s
     for seq in args.seqs:
+        if time.monotonic() > end:
+            break
         batch = max(1, args.tokens // seq)
         shape = (batch, args.heads, seq, args.head_dim)
         q, k, v = (torch.randn(shape, device=args.device, dtype=dtype, requires_grad=True) for _ in range(3))
@@ -91,6 +95,9 @@ def run(args: argparse.Namespace) -> None:
                 row["x_memory"] = row["peak_extra_MiB"] / base_m
             rows.append(row)
             print({k2: (round(v2, 4) if isinstance(v2, float) else v2) for k2, v2 in row.items()}, flush=True)
+        del q, k, v, g
+        if args.out:
+            stage_record(args, rows, final=False)
     columns = ["seq", "batch", "impl", "fwdbwd_ms", "x_sdpa_dropout"]
     if args.device == "cuda":
         columns += ["peak_extra_MiB", "x_memory"]
@@ -103,12 +110,43 @@ def run(args: argparse.Namespace) -> None:
     )
     if args.device != "cuda":
         notes += " CPU smoke run of the script: no flash rows (the kernel needs CUDA); not a performance figure."
-    paths = write_results(args.name, args.device, rows, columns, notes)
+    paths = write_results(args.name, args.device, rows, columns, notes, out_dir=args.out or RESULTS_DIR)
     print("wrote", *paths)
+    if args.out:
+        stage_record(args, rows, final=True)
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Command line entry point."""
+TARGET_TIME, TARGET_MEMORY = 1.3, 1.0
+"""Issue 17: flash fwd+bwd at most 1.3x sdpa-dropout; flash-q2 no more peak extra memory than sdpa-dropout."""
+
+
+def stage_record(args: argparse.Namespace, rows: list[dict], final: bool) -> None:
+    """``attention_bench.json`` for bench.gpu_check: each flash row's ratios and whether they meet the targets."""
+    for r in rows:
+        if r["impl"].startswith("flash"):
+            ok = r["x_sdpa_dropout"] <= TARGET_TIME
+            if r["impl"] == "flash-q2" and "x_memory" in r:
+                ok = ok and r["x_memory"] <= TARGET_MEMORY
+            r["meets_target"] = ok
+    flash = [r for r in rows if "meets_target" in r]
+    cells = [
+        f"{r['impl']} seq {r['seq']}: {r['x_sdpa_dropout']:.2f}x time, {r.get('x_memory', math.nan):.2f}x mem"
+        for r in flash
+    ]
+    done = len({r["seq"] for r in rows})
+    summary = f"vs sdpa-dropout ({done}/{len(args.seqs)} seqs): " + ("; ".join(cells) or "no flash row")
+    if not flash:
+        verdict = "FAIL" if final else "none (unfinished)"
+    elif not all(r["meets_target"] for r in flash):
+        verdict = "FAIL"
+    else:
+        verdict = "pass" if final and done == len(args.seqs) else "none (unfinished)"
+    targets = {"x_sdpa_dropout": TARGET_TIME, "flash_q2_x_memory": TARGET_MEMORY}
+    write_stage_record(args.out / "attention_bench.json", args.device, rows, verdict, summary, targets=targets)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (``--gpu-check``: the defaults, 0.5 s per timing)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cuda", "cpu"])
     ap.add_argument("--dtype", default="bfloat16", choices=list(DTYPES))
@@ -119,7 +157,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--p", type=float, default=0.1)
     ap.add_argument("--min-run-time", type=float, default=1.0)
     ap.add_argument("--name", default="attention")
-    args = ap.parse_args(argv)
+    add_check_args(ap)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command line entry point."""
+    args = build_parser().parse_args(argv)
+    if args.gpu_check:
+        args.min_run_time = min(args.min_run_time, 0.5)
     torch.manual_seed(0)
     run(args)
 

@@ -29,13 +29,14 @@ import argparse
 import math
 import os
 import statistics
+import time
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
 import hf_sparseout
-from bench.common import device_name, median_seconds, write_results
+from bench.common import RESULTS_DIR, add_check_args, device_name, median_seconds, write_results, write_stage_record
 from hf_sparseout.ops import backend
 
 LOADED_NOTE = (
@@ -185,12 +186,16 @@ def run(args: argparse.Namespace) -> None:
     if device == "cuda":
         peak = datasheet_gbps(torch.cuda.get_device_name())
         copy_gbps = copy_bandwidth_gbps()
+    end = time.monotonic() + args.time_limit_s
     for dname in args.dtypes:
         dtype = DTYPES[dname]
         for sname in args.sizes:
             n = SIZES[sname]
             for q in args.qs:
+                if time.monotonic() > end:
+                    break
                 impls = make_impls(device, args.p, q)
+                impls = {k: f for k, f in impls.items() if not args.impls or k in args.impls}
                 x = torch.randn(n, device=device, dtype=dtype).requires_grad_()
                 g = torch.randn(n, device=device, dtype=dtype)
                 base = None
@@ -240,6 +245,8 @@ def run(args: argparse.Namespace) -> None:
                     rows.append(row)
                     print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
                 del x, g
+                if args.out:
+                    _stage_record(args, rows, final=False)
     by_key = {(r["dtype"], r["numel"], r["q"], r["impl"]): r for r in rows}
     for r in rows:
         a = by_key.get((r["dtype"], r["numel"], r["q"], "authors"))
@@ -289,8 +296,21 @@ def run(args: argparse.Namespace) -> None:
         )
     if args.extra_notes:
         notes += "\n" + args.extra_notes + "\n"
-    paths = write_results(args.name, device, rows, columns, notes)
+    paths = write_results(args.name, device, rows, columns, notes, out_dir=args.out or RESULTS_DIR)
     print("wrote", *paths)
+    if args.out:
+        _stage_record(args, rows, final=True)
+
+
+def _stage_record(args: argparse.Namespace, rows: list[dict], final: bool) -> None:
+    """``op_bench.json`` for bench.gpu_check: the fused op's ratio to dropout and bandwidth per dtype and q."""
+    ours = [r for r in rows if r["impl"] == "triton"]
+    cells = [f"{r['dtype']} q={r['q']:g}: {r['x_dropout']:.2f}x, {r.get('pct_datasheet', math.nan):.0f}%" for r in ours]
+    total = len(args.dtypes) * len(args.sizes) * len(args.qs)
+    done = len({(r["dtype"], r["numel"], r["q"]) for r in rows})
+    summary = f"triton x dropout, % of datasheet peak ({done}/{total} cases): " + ("; ".join(cells) or "none")
+    verdict = "info" if final and done == total else "none (unfinished)"
+    write_stage_record(args.out / "op_bench.json", args.device, rows, verdict, summary)
 
 
 def sweep(args: argparse.Namespace) -> None:
@@ -332,8 +352,8 @@ def sweep(args: argparse.Namespace) -> None:
     write_results("kernel_sweep", "cuda", rows, columns, notes)
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Command line entry point."""
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (``--gpu-check``: bf16/fp32, 64M elements, q in 1, 1.5, 2, 3, dropout vs triton)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cuda", "cpu"])
     ap.add_argument("--dtypes", nargs="+", default=["bfloat16", "float32"], choices=list(DTYPES))
@@ -346,7 +366,19 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--name", default="op_sparseout")
     ap.add_argument("--extra-notes", default="")
     ap.add_argument("--sweep", action="store_true", help="Triton launch-settings sweep instead (CUDA)")
-    args = ap.parse_args(argv)
+    ap.add_argument("--impls", nargs="+", default=None, help="time only these implementations (and dropout)")
+    add_check_args(ap)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command line entry point."""
+    args = build_parser().parse_args(argv)
+    if args.gpu_check:
+        args.sizes, args.qs, args.rounds = args.sizes or ["64M"], args.qs or [1.0, 1.5, 2.0, 3.0], 2
+        args.impls, args.min_run_time = args.impls or ["dropout", "triton"], args.min_run_time or 0.1
+    if args.impls and "dropout" not in args.impls:
+        args.impls = ["dropout", *args.impls]
     cuda = args.device == "cuda"
     args.sizes = args.sizes or (["16M", "64M", "256M"] if cuda else ["1M", "16M"])
     args.qs = args.qs or ([1.5] if cuda else [1.0, 1.5, 2.0, 3.0])

@@ -45,7 +45,7 @@ def device_name(device: str | torch.device) -> str:
     """A human-readable device name: the GPU model, or the CPU with its thread count."""
     device = torch.device(device)
     if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
+        return torch.cuda.get_device_name(device) if torch.cuda.is_available() else "CUDA (not available)"
     return f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"
 
 
@@ -107,3 +107,24 @@ def write_results(
     body = markdown_table(rows, columns) + ("\n\n" + notes if notes else "") + "\n"
     stem.with_suffix(".md").write_text(header + body)
     return stem.with_suffix(".json"), stem.with_suffix(".md")
+
+
+def add_check_args(ap: argparse.ArgumentParser) -> None:
+    """``--gpu-check`` (the preset ``python -m bench.gpu_check`` runs), ``--out`` and ``--time-limit-s``.
+
+    With ``--out`` the results go to that directory (not ``bench/results/``) and the stage record (JSON with a
+    verdict and a one-line summary) is rewritten after every case; past ``--time-limit-s`` no case starts.
+    """
+    ap.add_argument("--gpu-check", action="store_true", help="the preset of python -m bench.gpu_check")
+    ap.add_argument("--out", type=Path, default=None, help="results directory (and the gpu_check stage record)")
+    ap.add_argument("--time-limit-s", type=float, default=float("inf"), help="start no new case after this")
+
+
+def write_stage_record(
+    path: Path, device: str | torch.device, rows: Sequence[dict[str, Any]], verdict: str, summary: str, **extra: Any
+) -> Path:
+    """The gpu_check record of a benchmark stage: environment, rows, ``verdict``, ``summary`` (atomic write)."""
+    from bench.gpu_check.record import write_json
+
+    data = {"environment": environment(device), "rows": list(rows), "verdict": verdict, "summary": summary}
+    return write_json(path, data | extra)

@@ -89,3 +89,43 @@ def test_checkpoint_recomputes_the_same_mask():
     grads_ckpt = torch.autograd.grad(checkpoint(f, q, k, v, use_reentrant=False), (q, k, v), g)
     for a, b in zip(grads_plain, grads_ckpt, strict=True):
         torch.testing.assert_close(a, b)
+
+
+def test_custom_op_and_eager_paths_draw_the_same_mask_on_gpu():
+    """``hf_sparseout::flash_attention_fwd`` (compiled graphs) and the eager autograd function agree exactly."""
+    from hf_sparseout.kernels.attention_custom_op import flash_attention_fwd
+    from hf_sparseout.kernels.attention_op import sparseout_attention
+
+    q, k, v = (torch.randn(2, 4, 96, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+    g = torch.randn_like(q)
+    torch.cuda.manual_seed(11)
+    a = sparseout_attention(q, k, v, None, True, None, 0.2, 1.5, "exact")
+    ga = torch.autograd.grad(a, (q, k, v), g)
+    torch.cuda.manual_seed(11)
+    b = flash_attention_fwd(q, k, v, None, True, 0.125, 0.2, 1.5, "exact")[0]
+    gb = torch.autograd.grad(b, (q, k, v), g)
+    assert torch.equal(a, b) and all(torch.equal(x, y) for x, y in zip(ga, gb, strict=True))
+
+
+def test_opcheck_on_gpu():
+    from hf_sparseout.kernels.attention_custom_op import flash_attention_fwd
+
+    q, k, v = (torch.randn(1, 2, 40, 32, device="cuda", dtype=torch.float16, requires_grad=True) for _ in range(3))
+    utils = ("test_schema", "test_faketensor", "test_autograd_registration")
+    torch.library.opcheck(flash_attention_fwd, (q, k, v, None, True, 0.2, 0.1, 1.5, "reference"), test_utils=utils)
+
+
+def test_compiled_patched_model_uses_the_flash_custom_op_on_gpu():
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    import hf_sparseout
+
+    model, inputs = tiny_attention_models()["llama-gqa"]
+    model = model.cuda().train()
+    inputs = {k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+    hf_sparseout.patch(model, hf_sparseout.SparseoutConfig(q=1.5))
+    cnt = CompileCounterWithBackend("inductor")
+    torch._dynamo.reset()
+    torch.compile(model, backend=cnt)(**inputs).loss.backward()
+    assert any("flash_attention_fwd" in str(n.target) for gm in cnt.graphs for n in gm.graph.nodes)
+    torch._dynamo.reset()

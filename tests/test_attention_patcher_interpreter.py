@@ -96,8 +96,9 @@ def test_flash_path_equals_explicit_path_in_a_training_step(runs, name):
     torch.testing.assert_close(flash["logits"], explicit["logits"], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(flash["loss"], explicit["loss"], rtol=1e-6, atol=1e-6)
     assert flash["grads"].keys() == explicit["grads"].keys() and flash["grads"]
-    for n, g in flash["grads"].items():
-        torch.testing.assert_close(g, explicit["grads"][n], rtol=1e-4, atol=1e-6, msg=n)
+    for n, g in flash["grads"].items():  # float32 sums in another order (tiles vs matmul): ~1e-5 of the scale
+        want = explicit["grads"][n]
+        torch.testing.assert_close(g, want, rtol=1e-4, atol=max(1e-6, 2e-5 * want.abs().max().item()), msg=n)
 
 
 @pytest.mark.parametrize("name", ["gpt2", "llama-gqa"])

@@ -111,8 +111,8 @@ def philox4x32_10(key: int, ctr: np.ndarray) -> np.ndarray:
 
 def reference_mask(n: int, p: float, seed: int, ctr: int, sub: int = 1024, start: int = 0) -> torch.Tensor:
     e = np.arange(start, start + n, dtype=np.int64)
-    g = (e // (4 * sub)) * sub + e % sub
-    lane = (e // sub) % 4
+    g = e // 4  # the documented layout: four consecutive elements per Philox call (``sub`` does not enter)
+    lane = e % 4
     counters = np.stack([np.full(n, ctr & 0xFFFFFFFF), np.full(n, ctr >> 32), g & 0xFFFFFFFF, g >> 32], axis=1).astype(
         np.uint64
     )

@@ -5,10 +5,15 @@ to the explicit computation; :func:`sparseout_attention` runs it. The keep mask'
 taken from the CUDA generator of the query's device (as the element-wise kernel does), so
 ``torch.utils.checkpoint`` recomputes the same mask, and backward regenerates it: backward keeps ``q, k, v``,
 the output, one float32 log-sum-exp per row, ``(seed, ctr)`` and, for the exact gradient rule at ``q != 2``,
-the plain attention output ``O1``. This module imports ``triton`` only when a kernel runs.
+the plain attention output ``O1``. Under ``torch.compile`` the same kernels run as the custom op
+``hf_sparseout::flash_attention_fwd`` (:mod:`hf_sparseout.kernels.attention_custom_op`), one graph node;
+:func:`sparseout_attention_or_reason` is the patcher's fail-soft entry (:mod:`hf_sparseout.kernels.fallback`).
+This module imports ``triton`` only when a kernel runs.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 
@@ -48,8 +53,6 @@ def flash_path_reason(
         return f"sparseout backend {_backend.get_backend()!r}"
     if not _backend.triton_available():
         return "triton is not installed"
-    if torch.compiler.is_compiling():
-        return "under torch.compile (the kernel is not a torch.library custom op yet)"
     if query.dim() != 4 or key.dim() != 4 or value.dim() != 4:
         return "query/key/value are not 4-D"
     if query.dtype not in FLASH_DTYPES or key.dtype != query.dtype or value.dtype != query.dtype:
@@ -156,6 +159,11 @@ def sparseout_attention(
     scale = 1.0 / math.sqrt(query.size(-1)) if scale is None else float(scale)
     if not 0.0 <= p < 1.0 or not q > 0:
         raise ValueError(f"flash Sparseout attention takes 0 <= p < 1 and q > 0, got p={p!r}, q={q!r}")
+    if torch.compiler.is_compiling():  # one graph node: the custom op (hf_sparseout/kernels/attention_custom_op.py)
+        from hf_sparseout.kernels.attention_custom_op import flash_attention_fwd
+
+        args = (bool(is_causal), scale, float(p), float(q), gradient)
+        return flash_attention_fwd(query, key, value, attn_mask, *args)[0]
     if rng is None:
         with torch.cuda.device(query.device):
             rng = next_philox(query.device)
@@ -163,3 +171,64 @@ def sparseout_attention(
     return _FlashSparseoutAttention.apply(
         query, key, value, attn_mask, bool(is_causal), scale, float(p), float(q), gradient, int(seed), int(ctr)
     )
+
+
+ATTENTION_KERNEL = "flash attention"
+
+
+def _signature(query: torch.Tensor, attn_mask: torch.Tensor | None, is_causal: bool, q: float, gradient: str) -> tuple:
+    """What selects the compiled kernel variants: device, dtype, head size, mask kind, causal, q = 2, O1 stored."""
+    mask = None if attn_mask is None else ("bool" if attn_mask.dtype == torch.bool else str(attn_mask.dtype))
+    exact_o1 = gradient == "exact" and q != 2.0
+    return (str(query.device), query.dtype, query.size(-1), mask, bool(is_causal), q == 2.0, exact_o1)
+
+
+def _probe_run(query: torch.Tensor, attn_mask: torch.Tensor | None, is_causal: bool, q: float, gradient: str):
+    """A tiny forward and backward through the kernels of this signature (fixed Philox draw: no RNG use)."""
+
+    def run() -> None:
+        d, n = query.size(-1), 16
+        base = torch.linspace(-1.0, 1.0, n * d, device=query.device).reshape(1, 1, n, d)  # no RNG draw
+        t = [(base * (i + 1)).to(query.dtype).requires_grad_() for i in range(3)]
+        mask = None
+        if attn_mask is not None:
+            mask = torch.zeros(n, n, dtype=attn_mask.dtype, device=query.device)
+            mask = mask.logical_not() if attn_mask.dtype == torch.bool else mask
+        with torch.cuda.device(query.device) if query.is_cuda else contextlib.nullcontext():
+            out = sparseout_attention(*t, mask, is_causal, None, 0.1, q, gradient, rng=(0, 0))
+            torch.autograd.grad(out.float().sum(), t)
+
+    return run
+
+
+def sparseout_attention_or_reason(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attn_mask: torch.Tensor | None,
+    is_causal: bool,
+    scale: float | None,
+    p: float,
+    q: float,
+    gradient: str,
+) -> tuple[torch.Tensor | None, str | None]:
+    """:func:`sparseout_attention`, failing soft: ``(out, None)``, or ``(None, cause)`` when the kernels failed.
+
+    The first call of a signature runs the kernels forward and backward on a tiny input; a compile or launch
+    failure there or in the call itself is logged once and remembered (:mod:`hf_sparseout.kernels.fallback`),
+    and the caller computes the attention explicitly. Under ``torch.compile`` the kernel runs as is.
+    """
+    from hf_sparseout.kernels import fallback
+
+    if torch.compiler.is_compiling():
+        return sparseout_attention(query, key, value, attn_mask, is_causal, scale, p, q, gradient), None
+    sig = _signature(query, attn_mask, is_causal, q, gradient)
+    reason = fallback.probe(ATTENTION_KERNEL, sig, _probe_run(query, attn_mask, is_causal, q, gradient))
+    if reason is not None:
+        return None, reason
+    try:
+        return sparseout_attention(query, key, value, attn_mask, is_causal, scale, p, q, gradient), None
+    except Exception as err:
+        if not fallback.is_kernel_failure(err):
+            raise
+        return None, fallback.record(ATTENTION_KERNEL, sig, err)

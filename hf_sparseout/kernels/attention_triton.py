@@ -19,8 +19,9 @@ no atomics), one per query block accumulates dQ.
 Random numbers. The keep mask of probability ``(b, h, i, j)`` is element ``e = ((b H + h) M + i) N + j`` of
 the stream of :mod:`hf_sparseout.kernels.sparseout_triton` (``keep_mask(B*H*M*N, p, seed, ctr)``), i.e. the mask
 the element-wise kernel would draw on the contiguous ``(B, H, M, N)`` probability tensor with the same
-``(seed, ctr)``. Each element runs its own Philox call and keeps one of its four outputs: simple and
-block-size independent, but four times the minimum Philox work (to optimise when a GPU is at hand).
+``(seed, ctr)``, whatever the block sizes. In that stream the four outputs of one Philox call mask four
+consecutive elements, so when ``N`` is a multiple of 4 a tile makes one call per four columns and uses all four
+outputs (``ALIGNED``); otherwise each element runs its own call and keeps one output (four times the work).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import torch
 import triton
 import triton.language as tl
 
-from hf_sparseout.kernels.sparseout_triton import N_ROUNDS, SUB, _philox4x32, _rng_args, _threshold
+from hf_sparseout.kernels.sparseout_triton import N_ROUNDS, _philox4x32, _rng_args, _threshold
 
 MASK_NONE, MASK_ADD, MASK_BOOL = 0, 1, 2
 SUPPORTED_DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat16, torch.float16)
@@ -39,18 +40,36 @@ MIN_HEAD_DIM, MAX_HEAD_DIM = 16, 128
 
 
 @triton.jit
-def _keep(e, seed, ctr_lo, ctr_hi, thresh, SUB: tl.constexpr, N_ROUNDS: tl.constexpr):
-    """Keep mask of flat element indices ``e`` (int64): the element-wise kernel's counter layout."""
+def _philox_at(g, seed, ctr_lo, ctr_hi, N_ROUNDS: tl.constexpr):
+    """The four outputs of the Philox calls with counters ``(ctr_lo, ctr_hi, g_lo, g_hi)`` (``g`` int64)."""
     s = seed.to(tl.uint64)
     k0 = (s & 0xFFFFFFFF).to(tl.uint32)
     k1 = (s >> 32).to(tl.uint32)
-    g = (e // (4 * SUB)) * SUB + e % SUB
-    lane = (e // SUB) % 4
     g_lo = (g & 0xFFFFFFFF).to(tl.uint32)
     g_hi = (g >> 32).to(tl.uint32)
     zero = g_lo * 0
-    c0, c1, c2, c3 = _philox4x32(k0, k1, zero + ctr_lo.to(tl.uint32), zero + ctr_hi.to(tl.uint32), g_lo, g_hi, N_ROUNDS)
-    r = tl.where(lane == 0, c0, tl.where(lane == 1, c1, tl.where(lane == 2, c2, c3)))
+    return _philox4x32(k0, k1, zero + ctr_lo.to(tl.uint32), zero + ctr_hi.to(tl.uint32), g_lo, g_hi, N_ROUNDS)
+
+
+@triton.jit
+def _keep(row_base, cols, seed, ctr_lo, ctr_hi, thresh, ALIGNED: tl.constexpr, N_ROUNDS: tl.constexpr):
+    """Keep mask of the tile ``row_base[:, None] + cols[None, :]`` (flat int64 indices): the element-wise stream.
+
+    Element ``e`` takes output ``e % 4`` of the Philox call ``e // 4``. ``ALIGNED`` (rows of a multiple of 4 and
+    ``cols`` a run starting at a multiple of 4): one call per four columns, all four outputs used. Otherwise one
+    call per element, keeping one output (four times the work).
+    """
+    if ALIGNED:
+        bm: tl.constexpr = row_base.shape[0]
+        bn: tl.constexpr = cols.shape[0]
+        g = (row_base[:, None] + tl.min(cols, 0)) // 4 + tl.arange(0, bn // 4)[None, :]
+        c0, c1, c2, c3 = _philox_at(g, seed, ctr_lo, ctr_hi, N_ROUNDS)
+        r = tl.reshape(tl.join(tl.join(c0, c2), tl.join(c1, c3)), [bm, bn])  # [.., 2i + j] = c_(2i + j)
+    else:
+        e = row_base[:, None] + cols[None, :]
+        c0, c1, c2, c3 = _philox_at(e // 4, seed, ctr_lo, ctr_hi, N_ROUNDS)
+        lane = e % 4
+        r = tl.where(lane == 0, c0, tl.where(lane == 1, c1, tl.where(lane == 2, c2, c3)))
     return (r >> 8).to(tl.int32) < thresh
 
 
@@ -145,7 +164,7 @@ def _attn_fwd_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr,
-    SUB: tl.constexpr,
+    ALIGNED: tl.constexpr,
     N_ROUNDS: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
@@ -178,7 +197,7 @@ def _attn_fwd_kernel(
         d = s - m_safe[:, None]
         e1 = tl.exp(d)
         eh = tl.exp(half_q * d)
-        keep = _keep(row_base[:, None] + cols[None, :], seed, ctr_lo, ctr_hi, thresh, SUB, N_ROUNDS)
+        keep = _keep(row_base, cols, seed, ctr_lo, ctr_hi, thresh, ALIGNED, N_ROUNDS)
         e2 = eh * tl.where(keep, noise_keep, -1.0)
         l_i = l_i * alpha + tl.sum(e1, 1)
         acc1 = acc1 * alpha[:, None] + _dot(e1.to(v.dtype), v, IEEE)
@@ -201,12 +220,12 @@ def _attn_fwd_kernel(
 @triton.jit
 def _probs_grad(
     s, lse, do, v, delta, rows, cols, bh, M, N, seed, ctr_lo, ctr_hi, thresh, noise_keep, half_q, coef, max_scale,
-    Q2: tl.constexpr, IEEE: tl.constexpr, SUB: tl.constexpr, N_ROUNDS: tl.constexpr,
+    Q2: tl.constexpr, IEEE: tl.constexpr, ALIGNED: tl.constexpr, N_ROUNDS: tl.constexpr,
 ):  # fmt: skip
     """``(Pt, dS)`` of one tile: the Sparseout'd probabilities and the score gradient (float32)."""
     d = s - lse[:, None]  # -inf where masked; lse = +inf on empty rows
     p = tl.exp(d)
-    keep = _keep((bh * M + rows.to(tl.int64))[:, None] * N + cols[None, :], seed, ctr_lo, ctr_hi, thresh, SUB, N_ROUNDS)
+    keep = _keep((bh * M + rows.to(tl.int64)) * N, cols, seed, ctr_lo, ctr_hi, thresh, ALIGNED, N_ROUNDS)
     nz = tl.where(keep, noise_keep, -1.0)
     if Q2:
         pt = p + p * nz
@@ -226,7 +245,7 @@ def _attn_bwd_dkdv_kernel(
     sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, smb, smh, smm, smn,
     H, HKV, GROUP, M, N, D, scale, seed, ctr_lo, ctr_hi, thresh, noise_keep, half_q, coef, max_scale,
     CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr, Q2: tl.constexpr, IEEE: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, SUB: tl.constexpr, N_ROUNDS: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, ALIGNED: tl.constexpr, N_ROUNDS: tl.constexpr,
 ):  # fmt: skip
     pid_n = tl.program_id(0)
     bhk = tl.program_id(1).to(tl.int64)
@@ -256,7 +275,7 @@ def _attn_bwd_dkdv_kernel(
             s = _scores(q, k, rows, cols, b, h, M, N, scale, MASKP, smb, smh, smm, smn, CAUSAL, MASK_KIND, IEEE)
             pt, ds = _probs_grad(
                 s, lse, do, v, delta, rows, cols, bh, M, N, seed, ctr_lo, ctr_hi, thresh, noise_keep, half_q, coef,
-                max_scale, Q2, IEEE, SUB, N_ROUNDS,
+                max_scale, Q2, IEEE, ALIGNED, N_ROUNDS,
             )  # fmt: skip
             dv += _dot(tl.trans(pt.to(do.dtype)), do, IEEE)
             dk += _dot(tl.trans(ds.to(q.dtype)), q, IEEE)
@@ -271,7 +290,7 @@ def _attn_bwd_dq_kernel(
     sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, smb, smh, smm, smn,
     H, GROUP, M, N, D, scale, seed, ctr_lo, ctr_hi, thresh, noise_keep, half_q, coef, max_scale,
     CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr, Q2: tl.constexpr, IEEE: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, SUB: tl.constexpr, N_ROUNDS: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, ALIGNED: tl.constexpr, N_ROUNDS: tl.constexpr,
 ):  # fmt: skip
     pid_m = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
@@ -298,7 +317,7 @@ def _attn_bwd_dq_kernel(
         s = _scores(q, k, rows, cols, b, h, M, N, scale, MASKP, smb, smh, smm, smn, CAUSAL, MASK_KIND, IEEE)
         _, ds = _probs_grad(
             s, lse, do, v, delta, rows, cols, bh, M, N, seed, ctr_lo, ctr_hi, thresh, noise_keep, half_q, coef,
-            max_scale, Q2, IEEE, SUB, N_ROUNDS,
+            max_scale, Q2, IEEE, ALIGNED, N_ROUNDS,
         )  # fmt: skip
         dq += _dot(ds.to(k.dtype), k, IEEE)
     tl.store(DQ + bh * M * D + roff * D + dims[None, :], (dq * scale).to(DQ.dtype.element_ty), mask=qmask)
@@ -317,8 +336,46 @@ def _dot_mode(x: torch.Tensor) -> int:
 
 
 def _blocks(device: torch.device) -> tuple[int, int]:
-    """``(BLOCK_M, BLOCK_N)``: 64 x 64 on a GPU; 16 x 16 in the interpreter (CPU tensors), where size is time."""
+    """``(BLOCK_M, BLOCK_N)`` without autotuning: 64 x 64 on a GPU; 16 x 16 in the interpreter, where size is time."""
     return (64, 64) if device.type == "cuda" else (16, 16)
+
+
+# Autotuning (GPU only; the interpreter and explicit ``blocks`` launch the plain kernels). The mask is a function
+# of the element index alone, so every configuration computes the same result up to summation order. Configurations
+# that do not fit the device (shared memory, registers) are skipped by the autotuner. Kernels write (never
+# accumulate into) their outputs, so benchmarking a configuration leaves nothing to reset.
+TUNE_SHAPES: tuple[tuple[int, int, int, int], ...] = (
+    (64, 64, 4, 2),
+    (128, 64, 8, 2),
+    (64, 32, 4, 3),
+    (128, 32, 4, 2),
+)
+"""``(BLOCK_M, BLOCK_N, num_warps, num_stages)`` tried per kernel and shape (each is a compile on first use: few)."""
+
+
+def tune_configs() -> list[triton.Config]:
+    """The autotuner's configurations (:data:`TUNE_SHAPES`)."""
+    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in TUNE_SHAPES]
+
+
+_KEY = ["M", "N", "D", "GROUP", "CAUSAL", "MASK_KIND", "IEEE"]
+_attn_fwd_tuned = triton.autotune(tune_configs(), key=[*_KEY, "STORE_O1"])(_attn_fwd_kernel)
+_attn_bwd_dkdv_tuned = triton.autotune(tune_configs(), key=[*_KEY, "Q2"])(_attn_bwd_dkdv_kernel)
+_attn_bwd_dq_tuned = triton.autotune(tune_configs(), key=[*_KEY, "Q2"])(_attn_bwd_dq_kernel)
+
+
+def autotuned(device: torch.device, blocks: tuple[int, int] | None) -> bool:
+    """Whether launches autotune: CUDA tensors, not the interpreter, no explicit ``blocks``."""
+    return blocks is None and device.type == "cuda" and os.environ.get("TRITON_INTERPRET") != "1"
+
+
+def _launch(plain, tuned, grid_of, blocks: tuple[int, int] | None, device: torch.device, *args, **flags) -> None:
+    """Launch ``tuned`` (autotuned block sizes) or ``plain`` with ``blocks`` (default :func:`_blocks`)."""
+    if autotuned(device, blocks):
+        tuned[lambda meta: grid_of(meta["BLOCK_M"], meta["BLOCK_N"])](*args, **flags)
+    else:
+        bm, bn = blocks or _blocks(device)
+        plain[grid_of(bm, bn)](*args, BLOCK_M=bm, BLOCK_N=bn, **flags)
 
 
 def _mask_args(mask: torch.Tensor | None, b: int, h: int, m: int, n: int, dummy: torch.Tensor) -> tuple:
@@ -361,8 +418,12 @@ def attention_fwd(
     seed: int,
     ctr: int,
     store_o1: bool = False,
+    blocks: tuple[int, int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """``(O, lse, O1)``: Sparseout(p, q=sq) attention for the mask ``(seed, ctr)``; ``O1 = softmax V`` if asked."""
+    """``(O, lse, O1)``: Sparseout(p, q=sq) attention for the mask ``(seed, ctr)``; ``O1 = softmax V`` if asked.
+
+    ``blocks = (BLOCK_M, BLOCK_N)`` fixes the block sizes (tests); by default a GPU autotunes them.
+    """
     _check(q, k, v)
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     B, H, M, D = q.shape
@@ -372,15 +433,14 @@ def attention_fwd(
     lse = torch.empty((B, H, M), dtype=torch.float32, device=q.device)
     mptr, kind, ms = _mask_args(mask, B, H, M, N, q)
     s, lo, hi, thresh, nk, hq = _common(q, k, v, p, sq / 2.0, seed, ctr)
-    bm, bn = _blocks(q.device)
     bd = max(16, triton.next_power_of_2(D))
-    grid = (triton.cdiv(M, bm), B * H)
-    _attn_fwd_kernel[grid](
+    _launch(
+        _attn_fwd_kernel, _attn_fwd_tuned, lambda bm, bn: (triton.cdiv(M, bm), B * H), blocks, q.device,
         q, k, v, mptr, out, o1, lse,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1),
         v.stride(2), *ms, H, H // HKV, M, N, D, float(scale), s, lo, hi, thresh, nk, hq,
         CAUSAL=bool(causal), MASK_KIND=kind, STORE_O1=bool(store_o1), IEEE=_dot_mode(q),
-        BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, SUB=SUB, N_ROUNDS=N_ROUNDS,
+        BLOCK_D=bd, ALIGNED=N % 4 == 0, N_ROUNDS=N_ROUNDS,
     )  # fmt: skip
     return out, lse, (o1 if store_o1 else None)
 
@@ -402,8 +462,9 @@ def attention_bwd(
     lse: torch.Tensor,
     o1: torch.Tensor | None,
     max_scale: float,
+    blocks: tuple[int, int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(dQ, dK, dV)`` for the forward of :func:`attention_fwd` with the same arguments."""
+    """``(dQ, dK, dV)`` for the forward of :func:`attention_fwd` with the same arguments (``blocks``: as there)."""
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     B, H, M, D = q.shape
     HKV, N = k.size(1), k.size(2)
@@ -420,17 +481,18 @@ def attention_bwd(
     dv = torch.empty((B, HKV, N, D), dtype=v.dtype, device=q.device)
     mptr, kind, ms = _mask_args(mask, B, H, M, N, q)
     s, lo, hi, thresh, nk, hq = _common(q, k, v, p, half_q, seed, ctr)
-    bm, bn = _blocks(q.device)
     bd = max(16, triton.next_power_of_2(D))
     strides = (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2))
     strides += (v.stride(0), v.stride(1), v.stride(2), *ms)
     flags = dict(CAUSAL=bool(causal), MASK_KIND=kind, Q2=sq == 2.0, IEEE=_dot_mode(q))
-    flags |= dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, SUB=SUB, N_ROUNDS=N_ROUNDS)
+    flags |= dict(BLOCK_D=bd, ALIGNED=N % 4 == 0, N_ROUNDS=N_ROUNDS)
     rng = (s, lo, hi, thresh, nk, hq, float(coef), float(max_scale))
-    _attn_bwd_dkdv_kernel[(triton.cdiv(N, bn), B * HKV)](
-        q, k, v, mptr, do, lse, delta, dk, dv, *strides, H, HKV, H // HKV, M, N, D, float(scale), *rng, **flags
-    )
-    _attn_bwd_dq_kernel[(triton.cdiv(M, bm), B * H)](
-        q, k, v, mptr, do, lse, delta, dq, *strides, H, H // HKV, M, N, D, float(scale), *rng, **flags
-    )
+    _launch(
+        _attn_bwd_dkdv_kernel, _attn_bwd_dkdv_tuned, lambda bm, bn: (triton.cdiv(N, bn), B * HKV), blocks, q.device,
+        q, k, v, mptr, do, lse, delta, dk, dv, *strides, H, HKV, H // HKV, M, N, D, float(scale), *rng, **flags,
+    )  # fmt: skip
+    _launch(
+        _attn_bwd_dq_kernel, _attn_bwd_dq_tuned, lambda bm, bn: (triton.cdiv(M, bm), B * H), blocks, q.device,
+        q, k, v, mptr, do, lse, delta, dq, *strides, H, H // HKV, M, N, D, float(scale), *rng, **flags,
+    )  # fmt: skip
     return dq, dk, dv

@@ -5,15 +5,17 @@ Semantics are those of :mod:`hf_sparseout.ops.sparseout` (read its docstring): `
 ``MAX_SCALE``, float32 compute for 16-bit inputs and saturation of every result to the dtype's finite range.
 
 Random numbers. The keep mask is a pure function of ``(seed, ctr, element index)``: element ``e`` of a
-flat tensor uses output ``(e // SUB) % 4`` of one Philox-4x32-10 call keyed by ``seed`` with counter
-``(ctr_lo, ctr_hi, g_lo, g_hi)``, ``g = (e // (4 * SUB)) * SUB + e % SUB``. This is the counter layout of
-curand's ``curand_init(seed, subsequence=g, offset=4 * ctr)``, the scheme torch's own CUDA kernels use, so a
-``ctr`` taken from torch's generator (and advanced past, see :mod:`hf_sparseout.kernels.sparseout_op`) never
-reuses a counter of another kernel. The backward regenerates the mask instead of reading a saved one.
+flat tensor uses output ``e % 4`` of one Philox-4x32-10 call keyed by ``seed`` with counter
+``(ctr_lo, ctr_hi, g_lo, g_hi)``, ``g = e // 4``: the four outputs of a call mask four consecutive elements,
+so any tile of whole groups of four (the flash attention kernel's, on rows whose length is a multiple of 4) uses
+every output it draws. This is curand's counter layout (``curand_init(seed, subsequence=g, offset=4 * ctr)``,
+the scheme torch's own CUDA kernels use), so a ``ctr`` taken from torch's generator (and advanced past, see
+:mod:`hf_sparseout.kernels.sparseout_op`) never reuses a counter of another kernel. The backward regenerates
+the mask instead of reading a saved one.
 
-Layout. One program handles ``4 * SUB`` consecutive elements as four contiguous sub-blocks, one per
-Philox output, so the random numbers land in the same registers as the elements they mask (no shuffles)
-and every load and store is a contiguous, vectorisable run. Indices are 64-bit (tensors over ``2 ** 31``
+Layout. One program handles ``4 * SUB`` consecutive elements: Philox call ``t`` of the program masks elements
+``4 t .. 4 t + 3``; lane ``l`` of the block is the strided run ``4 t + l`` (the four runs together cover the
+block, so each cache line is read and written whole). Indices are 64-bit (tensors over ``2 ** 31``
 elements work). The kernels run under Triton's interpreter (``TRITON_INTERPRET=1``) on CPU tensors too.
 
 This module imports ``triton``; the rest of the package does not.
@@ -26,7 +28,7 @@ import triton
 import triton.language as tl
 
 SUB: int = 1024
-"""Elements per sub-block; one program covers ``4 * SUB``. Part of the mask's definition (fwd and bwd agree)."""
+"""Philox calls per program; one program covers ``4 * SUB`` elements. Not part of the mask's definition."""
 
 N_ROUNDS: int = 10
 """Philox rounds (10, as curand's ``philox4_32_10`` and torch's kernels)."""
@@ -170,15 +172,15 @@ def _fwd_block(
     SUB: tl.constexpr,
     MASKED: tl.constexpr,
 ):
-    t = tl.arange(0, SUB)
+    t = 4 * tl.arange(0, SUB)  # element 4 t + l takes output l of Philox call t
     x0 = _ld(xb, t, rem, MASKED)
-    x1 = _ld(xb, t + SUB, rem, MASKED)
-    x2 = _ld(xb, t + 2 * SUB, rem, MASKED)
-    x3 = _ld(xb, t + 3 * SUB, rem, MASKED)
+    x1 = _ld(xb, t + 1, rem, MASKED)
+    x2 = _ld(xb, t + 2, rem, MASKED)
+    x3 = _ld(xb, t + 3, rem, MASKED)
     _st(ob, t, _fwd_one(x0, r0, thresh, noise_keep, noise_drop, half_q, fmax, KIND), rem, MASKED)
-    _st(ob, t + SUB, _fwd_one(x1, r1, thresh, noise_keep, noise_drop, half_q, fmax, KIND), rem, MASKED)
-    _st(ob, t + 2 * SUB, _fwd_one(x2, r2, thresh, noise_keep, noise_drop, half_q, fmax, KIND), rem, MASKED)
-    _st(ob, t + 3 * SUB, _fwd_one(x3, r3, thresh, noise_keep, noise_drop, half_q, fmax, KIND), rem, MASKED)
+    _st(ob, t + 1, _fwd_one(x1, r1, thresh, noise_keep, noise_drop, half_q, fmax, KIND), rem, MASKED)
+    _st(ob, t + 2, _fwd_one(x2, r2, thresh, noise_keep, noise_drop, half_q, fmax, KIND), rem, MASKED)
+    _st(ob, t + 3, _fwd_one(x3, r3, thresh, noise_keep, noise_drop, half_q, fmax, KIND), rem, MASKED)
 
 
 @triton.jit(do_not_specialize=["seed", "ctr_lo", "ctr_hi", "thresh"])
@@ -244,19 +246,19 @@ def _bwd_block(
     SUB: tl.constexpr,
     MASKED: tl.constexpr,
 ):
-    t = tl.arange(0, SUB)
+    t = 4 * tl.arange(0, SUB)  # as _fwd_block
     x0 = _ld(xb, t, rem, MASKED)
-    x1 = _ld(xb, t + SUB, rem, MASKED)
-    x2 = _ld(xb, t + 2 * SUB, rem, MASKED)
-    x3 = _ld(xb, t + 3 * SUB, rem, MASKED)
+    x1 = _ld(xb, t + 1, rem, MASKED)
+    x2 = _ld(xb, t + 2, rem, MASKED)
+    x3 = _ld(xb, t + 3, rem, MASKED)
     g0 = _ld(gb, t, rem, MASKED)
-    g1 = _ld(gb, t + SUB, rem, MASKED)
-    g2 = _ld(gb, t + 2 * SUB, rem, MASKED)
-    g3 = _ld(gb, t + 3 * SUB, rem, MASKED)
+    g1 = _ld(gb, t + 1, rem, MASKED)
+    g2 = _ld(gb, t + 2, rem, MASKED)
+    g3 = _ld(gb, t + 3, rem, MASKED)
     _st(ib, t, _bwd_one(g0, x0, r0, thresh, noise_keep, coef, expo, max_scale, fmax, KIND), rem, MASKED)
-    _st(ib, t + SUB, _bwd_one(g1, x1, r1, thresh, noise_keep, coef, expo, max_scale, fmax, KIND), rem, MASKED)
-    _st(ib, t + 2 * SUB, _bwd_one(g2, x2, r2, thresh, noise_keep, coef, expo, max_scale, fmax, KIND), rem, MASKED)
-    _st(ib, t + 3 * SUB, _bwd_one(g3, x3, r3, thresh, noise_keep, coef, expo, max_scale, fmax, KIND), rem, MASKED)
+    _st(ib, t + 1, _bwd_one(g1, x1, r1, thresh, noise_keep, coef, expo, max_scale, fmax, KIND), rem, MASKED)
+    _st(ib, t + 2, _bwd_one(g2, x2, r2, thresh, noise_keep, coef, expo, max_scale, fmax, KIND), rem, MASKED)
+    _st(ib, t + 3, _bwd_one(g3, x3, r3, thresh, noise_keep, coef, expo, max_scale, fmax, KIND), rem, MASKED)
 
 
 @triton.jit(do_not_specialize=["seed", "ctr_lo", "ctr_hi", "thresh"])
@@ -302,15 +304,15 @@ def _keep_mask_kernel(m_ptr, n, start, seed, ctr_lo, ctr_hi, thresh, SUB: tl.con
     start = start.to(tl.int64)  # start + n may pass 2**31 while start alone fits in int32
     pid = tl.program_id(0).to(tl.int64) + start // (4 * SUB)
     r0, r1, r2, r3 = _rand4(seed, ctr_lo, ctr_hi, pid, SUB, N_ROUNDS)
-    o0 = pid * (4 * SUB) + tl.arange(0, SUB)
+    o0 = pid * (4 * SUB) + 4 * tl.arange(0, SUB)
     k0 = ((r0 >> 8).to(tl.int32) < thresh).to(tl.int8)
     k1 = ((r1 >> 8).to(tl.int32) < thresh).to(tl.int8)
     k2 = ((r2 >> 8).to(tl.int32) < thresh).to(tl.int8)
     k3 = ((r3 >> 8).to(tl.int32) < thresh).to(tl.int8)
     end = start + n
-    o1 = o0 + SUB
-    o2 = o1 + SUB
-    o3 = o2 + SUB
+    o1 = o0 + 1
+    o2 = o0 + 2
+    o3 = o0 + 3
     tl.store(m_ptr + (o0 - start), k0, mask=(o0 >= start) & (o0 < end))
     tl.store(m_ptr + (o1 - start), k1, mask=(o1 >= start) & (o1 < end))
     tl.store(m_ptr + (o2 - start), k2, mask=(o2 >= start) & (o2 < end))

@@ -1,7 +1,8 @@
 """Which implementation :func:`hf_sparseout.sparseout` runs: the eager op or the fused Triton kernel.
 
 * ``"auto"`` (default): the Triton kernel for CUDA tensors of dtype float32, bfloat16 or float16 when
-  ``triton`` is installed; the eager PyTorch op otherwise (CPU, float64, no triton).
+  ``triton`` is installed; the eager PyTorch op otherwise (CPU, float64, no triton), and also when the kernel
+  fails to compile or launch (:func:`run_fused`: warned once per cause, ``hf_sparseout.kernels.fallback``).
 * ``"eager"``: always the eager op.
 * ``"triton"``: always the Triton kernel; a ``RuntimeError`` for an input it cannot take (CPU tensor,
   other dtype, triton missing, no CUDA).
@@ -99,6 +100,52 @@ def fused_sparseout() -> Callable[..., torch.Tensor]:
     from hf_sparseout.kernels.sparseout_op import sparseout_fused
 
     return sparseout_fused
+
+
+ELEMENTWISE_KERNEL = "element-wise Sparseout"
+
+
+def _probe_elementwise(
+    x: torch.Tensor, p: float, q: float, gradient: str, c: torch.Tensor | None
+) -> Callable[[], None]:
+    """A tiny forward and backward through the kernels of this signature (fixed Philox draw: no RNG use)."""
+
+    def run() -> None:
+        from hf_sparseout.kernels import sparseout_triton
+        from hf_sparseout.ops.sparseout import MAX_SCALE
+
+        t = torch.linspace(-1.0, 1.0, 64, device=x.device).to(x.dtype)
+        with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
+            out = sparseout_triton.sparseout_fwd(t, p, q, 0, 0, c=c)
+            sparseout_triton.sparseout_bwd(torch.ones_like(out), t, p, q, gradient, 0, 0, max_scale=MAX_SCALE, c=c)
+
+    return run
+
+
+def run_fused(
+    x: torch.Tensor, p: float, q: float, gradient: str, inplace: bool, c: torch.Tensor | None
+) -> torch.Tensor | None:
+    """The fused op on ``x``, failing soft under ``"auto"``: ``None`` when its kernels cannot compile or launch.
+
+    The first call of a signature (device, dtype, ``q``, gradient rule, matched noise) runs the kernels forward
+    and backward on a tiny tensor; a failure there or in the call is logged once and remembered
+    (:mod:`hf_sparseout.kernels.fallback`), and the caller runs the eager op. A forced ``"triton"`` backend and
+    compiled graphs raise instead.
+    """
+    if _backend == "triton" or torch.compiler.is_compiling():
+        return fused_sparseout()(x, p, q, gradient, inplace, c)
+    from hf_sparseout.kernels import fallback
+
+    sig = (str(x.device), x.dtype, q, gradient, c is not None)
+    if fallback.probe(ELEMENTWISE_KERNEL, sig, _probe_elementwise(x, p, q, gradient, c)) is not None:
+        return None
+    try:
+        return fused_sparseout()(x, p, q, gradient, inplace, c)
+    except Exception as err:
+        if not fallback.is_kernel_failure(err):
+            raise
+        fallback.record(ELEMENTWISE_KERNEL, sig, err)
+        return None
 
 
 _COMPILED: tuple[Callable[..., torch.Tensor], Callable[..., torch.Tensor]] | None = None

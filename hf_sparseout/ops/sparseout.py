@@ -303,6 +303,8 @@ def sparseout(
                 _saturate(out, out.dtype)
         return out
     c = matched_scale(input, float(q)) if noise == "matched" else None
-    if _backend.use_triton(input):  # CUDA + triton (hf_sparseout.ops.backend): the fused kernel
-        return _backend.fused_sparseout()(input, float(p), float(q), gradient, inplace, c)
+    if _backend.use_triton(input):  # CUDA + triton (hf_sparseout.ops.backend): the fused kernel, else eager
+        out = _backend.run_fused(input, float(p), float(q), gradient, inplace, c)
+        if out is not None:
+            return out
     return _SparseoutFunction.apply(input, float(p), float(q), gradient, inplace, c)

@@ -376,4 +376,9 @@ def get_report(model: nn.Module) -> SiteReport:
     state = _state(model)
     if state is None:
         raise ValueError("this model is not patched by hf-sparseout")
+    for site in state.report.sites:  # a flash kernel that failed (kernels/fallback.py): say so in `path`
+        if site.path == "flash" and site.module:
+            got = getattr(model.get_submodule(site.module), "attention_path", None)
+            if isinstance(got, str) and got.startswith("explicit (flash failed"):
+                site.path = got
     return state.report

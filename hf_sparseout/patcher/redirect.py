@@ -48,13 +48,14 @@ def attention_with_site(site: nn.Module, args: tuple, kwargs: dict) -> torch.Ten
 
     The flash Triton kernel (:mod:`hf_sparseout.kernels.attention_op`) when the call qualifies (CUDA, triton,
     supported shape and dtype, no hooks on the site); otherwise computed explicitly (scores, softmax, the
-    site's module on the probabilities, matmul). ``site.attention_path`` records the path of the last call.
+    site's module on the probabilities, matmul), also when the kernel fails to compile or launch
+    (``explicit (flash failed: <cause>)``, warned once). ``site.attention_path`` records the path of the last call.
     """
     query, key, value = (get_arg(args, kwargs, i, n, None) for i, n in enumerate(("query", "key", "value")))
     attn_mask = get_arg(args, kwargs, 3, "attn_mask", None)
     is_causal = get_arg(args, kwargs, 5, "is_causal", False)
     scale = get_arg(args, kwargs, 6, "scale", None)
-    from hf_sparseout.kernels.attention_op import flash_path_reason, sparseout_attention
+    from hf_sparseout.kernels.attention_op import flash_path_reason, sparseout_attention_or_reason
 
     why = "hooks on the site need the probabilities" if site._forward_hooks or site._forward_pre_hooks else None
     why = why or flash_path_reason(
@@ -62,9 +63,12 @@ def attention_with_site(site: nn.Module, args: tuple, kwargs: dict) -> torch.Ten
     )
     site.attention_path = "flash" if why is None else f"explicit: {why}"
     if why is None:
-        return sparseout_attention(
+        out, failed = sparseout_attention_or_reason(
             query, key, value, attn_mask, is_causal, scale, float(site.p), float(site.q), site.gradient
         )
+        if out is not None:
+            return out
+        site.attention_path = f"explicit (flash failed: {failed})"
     if kwargs.get("enable_gqa", False) and key.size(-3) != query.size(-3):
         groups = query.size(-3) // key.size(-3)
         key, value = key.repeat_interleave(groups, dim=-3), value.repeat_interleave(groups, dim=-3)
