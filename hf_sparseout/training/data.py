@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from datasets import ClassLabel, Dataset, DatasetDict
 
-from hf_sparseout.loading import check_hub_reachable, hub_offline
+from hf_sparseout.loading import check_hub_reachable, hub_offline, looks_like_path
 from hf_sparseout.training.args import FinetuneArgs, UsageError
 
 if TYPE_CHECKING:
@@ -91,10 +91,8 @@ def load_raw(args: FinetuneArgs, task: str) -> tuple[DatasetDict, str, tuple[str
             return causal_lm_corpus(seed=args.seed), "built-in corpus: pydoc help topics", ()
         return classification_corpus(seed=args.seed), "built-in corpus: stdlib docstrings by module family", ()
     path = Path(args.dataset).expanduser()
-    looks_local = path.exists() or args.dataset.startswith((".", "/", "~")) or path.suffix.lower() in BUILDERS
-    if looks_local:
-        if not path.exists():
-            raise UsageError(f"no such file or directory: {args.dataset!r}", "check the path given to --dataset")
+    if _is_local(args.dataset):
+        check_dataset_source(args)
         builder, kwargs, data_files = _local_files(path)
         empty = [f for files in data_files.values() for f in files if Path(f).stat().st_size == 0]
         if empty:
@@ -120,6 +118,21 @@ def load_raw(args: FinetuneArgs, task: str) -> tuple[DatasetDict, str, tuple[str
     if not isinstance(raw, DatasetDict):
         raw = DatasetDict({"train": raw})
     return raw, f"Hub dataset {args.dataset}", (args.dataset,)
+
+
+def _is_local(dataset: str) -> bool:
+    path = Path(dataset).expanduser()
+    return path.exists() or looks_like_path(dataset) or path.suffix.lower() in BUILDERS
+
+
+def check_dataset_source(args: FinetuneArgs) -> None:
+    """A local ``--dataset`` (or one that looks like a path) must exist: checked before any model is built."""
+    if args.dataset is not None and _is_local(args.dataset) and not Path(args.dataset).expanduser().exists():
+        raise UsageError(
+            f"no such file or directory: {args.dataset!r} (looked in {Path.cwd()})",
+            "check the path given to --dataset (a file, or a directory of .txt .csv .tsv .json .jsonl .parquet "
+            "files), or give a Hub dataset name",
+        )
 
 
 UTF8_HINT = "convert the file to UTF-8 (e.g. iconv -f latin1 -t utf-8)"
@@ -170,6 +183,8 @@ def pick_splits(raw: DatasetDict, args: FinetuneArgs) -> tuple[Dataset, Dataset]
     if args.train_split not in raw:
         raise UsageError(f"split {args.train_split!r} not found", f"--train-split is one of: {', '.join(splits)}")
     train = raw[args.train_split]
+    column = text_column(train, args)
+    check_has_text(train, column, "train")
     if args.eval_split is not None:
         if args.eval_split not in raw:
             raise UsageError(f"split {args.eval_split!r} not found", f"--eval-split is one of: {', '.join(splits)}")
@@ -178,7 +193,12 @@ def pick_splits(raw: DatasetDict, args: FinetuneArgs) -> tuple[Dataset, Dataset]
         found = next((s for s in ("validation", "valid", "dev", "test") if s in raw and s != args.train_split), None)
         if found is None:
             if len(train) < 2:
-                raise UsageError(f"split {args.train_split!r} has {len(train)} rows: too few to carve an eval split")
+                raise UsageError(
+                    f"split {args.train_split!r} has {len(train)} row(s): too few to carve an eval split "
+                    "(a .txt file has one row per line)",
+                    "give an eval split: a directory with NAME.train.txt and NAME.valid.txt (--dataset DIR), "
+                    "or --eval-split NAME for a split of the dataset; or break the text into lines",
+                )
             parts = train.train_test_split(test_size=args.validation_split_percentage / 100, seed=args.seed)
             train, evaluation = parts["train"], parts["test"]
         else:
@@ -186,7 +206,17 @@ def pick_splits(raw: DatasetDict, args: FinetuneArgs) -> tuple[Dataset, Dataset]
     for name, split in (("train", train), ("eval", evaluation)):
         if len(split) == 0:
             raise UsageError(f"the {name} split is empty", "check --dataset and the split options")
+    check_has_text(evaluation, column, "eval")
     return train, evaluation
+
+
+def check_has_text(split: Dataset, column: str, name: str) -> None:
+    """``UsageError`` when no row of ``split`` has text in ``column`` (every one empty or whitespace)."""
+    if not any(isinstance(t, str) and t.strip() for t in split[column]):
+        raise UsageError(
+            f"the {name} split has no text: all {len(split)} row(s) of column {column!r} are empty or whitespace",
+            "point --dataset at files with text (and --text-column at the column that holds it)",
+        )
 
 
 def _string_columns(dataset: Dataset) -> list[str]:
@@ -255,6 +285,8 @@ def _prepare_causal(args, tokenizer, train, evaluation, text_col) -> PreparedDat
 
     def tokenize(batch):
         texts = [t for t in batch[text_col] if t and t.strip()]
+        if not texts:  # a batch of blank rows: the tokenizer raises IndexError on an empty list
+            return {"input_ids": []}
         return tokenizer(texts, add_special_tokens=False)
 
     def group(batch):
@@ -263,15 +295,20 @@ def _prepare_causal(args, tokenizer, train, evaluation, text_col) -> PreparedDat
         blocks = [ids[i : i + block] for i in range(0, total, block)]
         return {"input_ids": blocks, "labels": [list(b) for b in blocks]}
 
-    out = []
+    out, out_tokens = [], []
     for split in (train, evaluation):
         tokens = split.map(tokenize, batched=True, remove_columns=split.column_names, desc="tokenizing")
         tokens = tokens.remove_columns([c for c in tokens.column_names if c != "input_ids"])
+        out_tokens.append(tokens)
         out.append(tokens.map(group, batched=True, batch_size=1000, desc=f"grouping into blocks of {block}"))
     train_blocks, eval_blocks = out
-    for name, blocks in (("train", train_blocks), ("eval", eval_blocks)):
+    for name, blocks, tokens in (("train", train_blocks, out_tokens[0]), ("eval", eval_blocks, out_tokens[1])):
         if len(blocks) == 0:
-            raise UsageError(f"the {name} split has fewer tokens than --block-size {block}", "lower --block-size")
+            count = sum(len(ids) for ids in tokens["input_ids"])
+            raise UsageError(
+                f"the {name} split has {count} tokens, fewer than --block-size {block}",
+                f"lower --block-size (at most {count}), or give the {name} split more text",
+            )
     if args.max_train_samples:
         train_blocks = train_blocks.select(range(min(args.max_train_samples, len(train_blocks))))
     if args.max_eval_samples:
