@@ -4,6 +4,7 @@ that says what to do (exit code 2), never a raw Python error, and nothing writte
 from __future__ import annotations
 
 import pytest
+from datasets import Dataset
 from finetune_helpers import FAST, SENTENCES, invoke
 
 from hf_sparseout.errors import UsageError
@@ -76,11 +77,48 @@ def test_a_split_shorter_than_one_block_names_its_token_count(tmp_path):
     assert "--block-size" in text
 
 
-def test_a_one_line_corpus_gets_a_hint_to_give_an_eval_split(tmp_path):
-    data = tmp_path / "one.txt"
-    data.write_text(" ".join(SENTENCES * 50))  # one line: one row of the text builder
-    text = _refused(tmp_path, "--dataset", str(data), *FAST, expect="has 1 row")
+def test_a_one_row_labelled_file_gets_a_hint_to_give_an_eval_split(tmp_path):
+    (tmp_path / "one.csv").write_text("text,label\nonly row,1\n")
+    text = _refused(tmp_path, "--dataset", str(tmp_path / "one.csv"), *FAST, expect="has 1 row")
     assert "valid" in text and "--eval-split" in text
+
+
+def _one_line_corpus(words: int) -> tuple:
+    """A causal-LM split of one row (a one-line .txt file) and a tokenizer for it."""
+    from datasets import DatasetDict
+
+    from hf_sparseout.training.modeling import train_tokenizer
+
+    line = " ".join((" ".join(SENTENCES)).split()[:words] * (1 + words // 60))
+    raw = DatasetDict({"train": Dataset.from_dict({"text": [line]})})
+    return raw, train_tokenizer([line], vocab_size=300)
+
+
+def test_a_one_line_corpus_is_split_by_tokens():
+    """A 1 MB single-line file is one row: its eval split is carved from the token blocks, not refused."""
+    from hf_sparseout.training.data import pick_splits, prepare
+
+    raw, tokenizer = _one_line_corpus(2000)
+    args = FinetuneArgs(block_size=16, validation_split_percentage=20)
+    train, evaluation = pick_splits(raw, args, "causal-lm")
+    prepared = prepare(args, tokenizer, "causal-lm", train, evaluation)
+    whole = prepare(args, tokenizer, "causal-lm", train, train)  # every block of the row, once
+    assert len(prepared.eval) > 0 and len(prepared.train) > len(prepared.eval)
+    assert len(prepared.train) + len(prepared.eval) == len(whole.train)
+    seen = sorted(map(tuple, [*prepared.train["input_ids"], *prepared.eval["input_ids"]]))
+    assert seen == sorted(map(tuple, whole.train["input_ids"]))  # disjoint, and nothing lost
+
+
+def test_a_one_line_corpus_of_one_block_is_refused_with_a_hint():
+    from hf_sparseout.training.data import pick_splits, prepare
+
+    raw, tokenizer = _one_line_corpus(12)
+    tokens = len(tokenizer(raw["train"]["text"][0], add_special_tokens=False)["input_ids"])
+    args = FinetuneArgs(block_size=tokens)  # the row is exactly one block
+    train, evaluation = pick_splits(raw, args, "causal-lm")
+    with pytest.raises(UsageError, match="too few to carve") as err:
+        prepare(args, tokenizer, "causal-lm", train, evaluation)
+    assert "--eval-split" in err.value.hint
 
 
 @pytest.mark.parametrize(

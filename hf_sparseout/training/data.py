@@ -177,8 +177,12 @@ def _unreadable(dataset: str, builder: str, err: Exception) -> UsageError:
     )
 
 
-def pick_splits(raw: DatasetDict, args: FinetuneArgs) -> tuple[Dataset, Dataset]:
-    """The train split and an eval split (named, found, or carved from train)."""
+def pick_splits(raw: DatasetDict, args: FinetuneArgs, task: str | None = None) -> tuple[Dataset, Dataset | None]:
+    """The train split and an eval split (named, found, or carved from train).
+
+    A causal-LM train split of one row (a one-line .txt file) with no eval split gives ``None`` for the
+    eval split: :func:`prepare` carves it from the token blocks instead (``--validation-split-percentage``).
+    """
     splits = list(raw)
     if args.train_split not in raw:
         raise UsageError(f"split {args.train_split!r} not found", f"--train-split is one of: {', '.join(splits)}")
@@ -192,12 +196,13 @@ def pick_splits(raw: DatasetDict, args: FinetuneArgs) -> tuple[Dataset, Dataset]
     else:
         found = next((s for s in ("validation", "valid", "dev", "test") if s in raw and s != args.train_split), None)
         if found is None:
+            if len(train) < 2 and task == "causal-lm":
+                return train, None
             if len(train) < 2:
                 raise UsageError(
-                    f"split {args.train_split!r} has {len(train)} row(s): too few to carve an eval split "
-                    "(a .txt file has one row per line)",
-                    "give an eval split: a directory with NAME.train.txt and NAME.valid.txt (--dataset DIR), "
-                    "or --eval-split NAME for a split of the dataset; or break the text into lines",
+                    f"split {args.train_split!r} has {len(train)} row(s): too few to carve an eval split",
+                    "give an eval split: a directory with NAME.train.csv and NAME.valid.csv (any supported "
+                    "extension; --dataset DIR), or --eval-split NAME for a split of the dataset; or add rows",
                 )
             parts = train.train_test_split(test_size=args.validation_split_percentage / 100, seed=args.seed)
             train, evaluation = parts["train"], parts["test"]
@@ -271,9 +276,10 @@ def _check_no_empty_text(split: Dataset, column: str, name: str) -> None:
 
 
 def prepare(
-    args: FinetuneArgs, tokenizer: PreTrainedTokenizerBase, task: str, train: Dataset, evaluation: Dataset
+    args: FinetuneArgs, tokenizer: PreTrainedTokenizerBase, task: str, train: Dataset, evaluation: Dataset | None
 ) -> PreparedData:
-    """Tokenise the train and eval splits (from :func:`pick_splits`) for ``task``."""
+    """Tokenise the train and eval splits (from :func:`pick_splits`) for ``task``; a causal-LM eval split of
+    ``None`` is carved from the train blocks."""
     text_col = text_column(train, args)
     if task == "causal-lm":
         return _prepare_causal(args, tokenizer, train, evaluation, text_col)
@@ -295,20 +301,31 @@ def _prepare_causal(args, tokenizer, train, evaluation, text_col) -> PreparedDat
         blocks = [ids[i : i + block] for i in range(0, total, block)]
         return {"input_ids": blocks, "labels": [list(b) for b in blocks]}
 
-    out, out_tokens = [], []
-    for split in (train, evaluation):
+    def blocks_of(split: Dataset, name: str) -> Dataset:
         tokens = split.map(tokenize, batched=True, remove_columns=split.column_names, desc="tokenizing")
         tokens = tokens.remove_columns([c for c in tokens.column_names if c != "input_ids"])
-        out_tokens.append(tokens)
-        out.append(tokens.map(group, batched=True, batch_size=1000, desc=f"grouping into blocks of {block}"))
-    train_blocks, eval_blocks = out
-    for name, blocks, tokens in (("train", train_blocks, out_tokens[0]), ("eval", eval_blocks, out_tokens[1])):
+        blocks = tokens.map(group, batched=True, batch_size=1000, desc=f"grouping into blocks of {block}")
         if len(blocks) == 0:
             count = sum(len(ids) for ids in tokens["input_ids"])
             raise UsageError(
                 f"the {name} split has {count} tokens, fewer than --block-size {block}",
                 f"lower --block-size (at most {count}), or give the {name} split more text",
             )
+        return blocks
+
+    train_blocks = blocks_of(train, "train")
+    if evaluation is not None:
+        eval_blocks = blocks_of(evaluation, "eval")
+    else:  # one row of text and no eval split: carve the eval blocks from the train blocks
+        if len(train_blocks) < 2:
+            raise UsageError(
+                f"the train split is one row of {len(train_blocks)} block(s) of --block-size {block}: too few "
+                "to carve an eval split from",
+                "give an eval split (a directory with NAME.train.txt and NAME.valid.txt, or --eval-split), "
+                "or lower --block-size",
+            )
+        parts = train_blocks.train_test_split(test_size=args.validation_split_percentage / 100, seed=args.seed)
+        train_blocks, eval_blocks = parts["train"], parts["test"]
     if args.max_train_samples:
         train_blocks = train_blocks.select(range(min(args.max_train_samples, len(train_blocks))))
     if args.max_eval_samples:

@@ -241,7 +241,7 @@ def finetune(args: FinetuneArgs, end_training: bool = True) -> FinetuneOutcome:
     task = task or infer_task(raw, args)
     model_name, from_config = default_model(args, task)
     tokenizer_name = args.tokenizer or model_name
-    train, evaluation = pick_splits(raw, args)
+    train, evaluation = pick_splits(raw, args, task)
     if tokenizer_name:
         tokenizer = load_tokenizer(tokenizer_name, "--tokenizer" if args.tokenizer else "--model")
     else:
