@@ -74,7 +74,7 @@ def _checks_only(args):
 
 
 @settings(
-    max_examples=40,
+    max_examples=30,
     derandomize=True,
     deadline=None,
     database=None,
