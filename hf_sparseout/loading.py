@@ -85,6 +85,9 @@ def hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}
 
 
+LOAD_HINT = "pass a local directory written by save_pretrained, or set HF_HUB_OFFLINE=1 with a cached model"
+
+
 def offline_hint(name: str) -> str:
     """Why ``name`` could not be loaded, naming HF_HUB_OFFLINE and local paths."""
     where = (
@@ -124,7 +127,7 @@ def _hub_answers(name: str, kind: str, timeout: float) -> None:
         info(name, timeout=timeout)
     except Exception as err:
         if _is_connection_error(err):
-            raise ModelNotAvailableError(offline_hint(name)) from err
+            raise ModelNotAvailableError(offline_hint(name), LOAD_HINT) from err
 
 
 def _is_connection_error(err: BaseException) -> bool:
@@ -161,13 +164,13 @@ def load_model(
     check_local_source(name, "model")
     check_hub_reachable(name)
     if Path(name).suffix in (".json",) or (Path(name).exists() and not Path(name).is_dir()):
-        raise ModelNotAvailableError(f"{name!r} is a file: pass the model's directory (the one holding config.json)")
+        raise ModelNotAvailableError(f"{name!r} is a file", "pass the model's directory (the one holding config.json)")
     if Path(name).is_dir() and not (Path(name) / "config.json").is_file():
-        raise ModelNotAvailableError(f"{name!r} has no config.json: is it a save_pretrained directory?")
+        raise ModelNotAvailableError(f"{name!r} has no config.json", "pass a directory written by save_pretrained")
     try:
         config = AutoConfig.from_pretrained(name)
     except OSError as err:
-        raise ModelNotAvailableError(offline_hint(name)) from err
+        raise ModelNotAvailableError(offline_hint(name), LOAD_HINT) from err
     classes = {
         "causal-lm": AutoModelForCausalLM,
         "classification": AutoModelForSequenceClassification,
@@ -177,4 +180,4 @@ def load_model(
     try:
         return classes[resolve_task(config, task)].from_pretrained(name, **extra, **kwargs)
     except OSError as err:
-        raise ModelNotAvailableError(offline_hint(name)) from err
+        raise ModelNotAvailableError(offline_hint(name), LOAD_HINT) from err

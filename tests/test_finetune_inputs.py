@@ -189,3 +189,17 @@ def test_empty_or_invalid_site_patterns_are_refused_at_validation(tmp_path, monk
     monkeypatch.setattr(runner, "load_raw", no_data)
     curve = ["--sparsity-curve"] if option == "--sparsity-sites" else []
     _refused(tmp_path, *curve, option, value, expect=expect)
+
+
+def test_a_single_class_label_column_has_a_hint(tmp_path):
+    (tmp_path / "d.csv").write_text("text,label\n" + "".join(f"{s},1\n" for s in SENTENCES * 4))
+    _refused(
+        tmp_path,
+        "--dataset",
+        str(tmp_path / "d.csv"),
+        "--from-config",
+        "bert-tiny",
+        "--max-steps",
+        "1",
+        expect="1 distinct value",
+    )

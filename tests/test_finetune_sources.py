@@ -104,3 +104,17 @@ def test_minilm_alias_reaches_the_model_loader(tmp_path, monkeypatch):
     data = write_text_corpus(tmp_path / "txt")
     _refused(tmp_path, "--model", "minilm", "--dataset", str(data), "--task", "causal-lm", expect="stop here")
     assert seen["tokenizer"] == str(fake)
+
+
+@pytest.mark.parametrize("kind", ["file", "no-config", "uncached-hub-id"])
+def test_load_model_errors_carry_a_hint(tmp_path, monkeypatch, kind):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    (tmp_path / "weights.bin").write_bytes(b"0")
+    name = {
+        "file": str(tmp_path / "weights.bin"),
+        "no-config": str(tmp_path),
+        "uncached-hub-id": "hf-sparseout-tests/no-such-model",
+    }[kind]
+    with pytest.raises(loading.ModelNotAvailableError) as err:
+        loading.load_model(name)
+    assert err.value.hint

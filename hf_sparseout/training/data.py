@@ -364,7 +364,10 @@ def _prepare_classification(args, tokenizer, train, evaluation, text_col) -> Pre
         names = [str(v) for v in values]
         to_id = {v: i for i, v in enumerate(values)}
     if len(names) < 2:
-        raise UsageError(f"label column {label_col!r} has {len(names)} distinct value(s): need at least 2")
+        raise UsageError(
+            f"label column {label_col!r} has {len(names)} distinct value(s): need at least 2",
+            "classification needs two or more classes; pass --label-column, or --task causal-lm for plain text",
+        )
     if args.max_train_samples:
         train = train.select(range(min(args.max_train_samples, len(train))))
     if args.max_eval_samples:
