@@ -99,6 +99,26 @@ def offline_hint(name: str) -> str:
     )
 
 
+def check_model_available(name: str, option: str = "--model") -> None:
+    """Before any data is read: a local model directory must exist with its ``config.json``
+    (:func:`check_local_source`); with ``HF_HUB_OFFLINE`` set a Hub id must be in the cache; otherwise
+    the Hub must answer (:func:`check_hub_reachable`).
+
+    Raises:
+        ModelNotAvailableError: with what to do.
+    """
+    check_local_source(name, option)
+    if Path(name).expanduser().exists():
+        return
+    if hub_offline():
+        import huggingface_hub
+
+        if not isinstance(huggingface_hub.try_to_load_from_cache(name, "config.json"), str):
+            raise ModelNotAvailableError(offline_hint(name), LOAD_HINT)
+        return
+    check_hub_reachable(name)
+
+
 def check_hub_reachable(name: str, kind: str = "model", timeout: float = 5.0) -> None:
     """Fail fast for a Hub id that cannot be fetched, instead of huggingface_hub's ~45 s of retries.
 

@@ -118,3 +118,9 @@ def test_load_model_errors_carry_a_hint(tmp_path, monkeypatch, kind):
     with pytest.raises(loading.ModelNotAvailableError) as err:
         loading.load_model(name)
     assert err.value.hint
+
+
+def test_an_uncached_hub_model_offline_is_refused_before_the_data(tmp_path, monkeypatch, nothing_read):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    text = _refused(tmp_path, "--model", "hf-sparseout-tests/not-cached", expect="HF_HUB_OFFLINE")
+    assert "hf-sparseout-tests/not-cached" in text

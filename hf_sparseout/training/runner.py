@@ -206,12 +206,12 @@ def check_args(args: FinetuneArgs) -> None:
 def check_sources(args: FinetuneArgs) -> None:
     """The model, tokenizer, config and dataset paths, before the data is read or a model built."""
     from hf_sparseout.errors import ModelNotAvailableError
-    from hf_sparseout.loading import check_local_source, resolve_alias
+    from hf_sparseout.loading import check_local_source, check_model_available, resolve_alias
 
     try:
         if args.model:
             args.model = resolve_alias(args.model)
-            check_local_source(args.model, "--model")
+            check_model_available(args.model, "--model")
         if args.tokenizer:
             args.tokenizer = resolve_alias(args.tokenizer)
             check_local_source(args.tokenizer, "--tokenizer", need_config=False)
