@@ -33,10 +33,11 @@ def test_options_that_take_values_still_show_their_type():
     assert re.search(r"--overwrite-output-dir\s{2,}Allow", text), text
 
 
-def test_finetune_examples_name_only_paths_that_exist_or_placeholders():
+@pytest.mark.parametrize("command", ["finetune", "sweep"])
+def test_examples_name_only_paths_that_exist_or_placeholders(command):
     """The examples' --model/--dataset values: an alias, a placeholder (path/to/...), or a path that exists."""
-    text = _help("finetune")
-    examples = [line for line in text.splitlines() if "hf-sparseout finetune --" in line]
+    text = _help(command)
+    examples = [line for line in text.splitlines() if f"hf-sparseout {command} --" in line]
     values = [v for line in examples for v in re.findall(r"--(?:model|dataset|tokenizer) (\S+)", line)]
     assert values, "the help has examples with --model / --dataset"
     for value in values:
