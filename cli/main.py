@@ -13,6 +13,7 @@ from hf_sparseout.version import __version__
 from hf_sparseout_cli.env_cmd import env
 from hf_sparseout_cli.errors import ErrorReportingGroup
 from hf_sparseout_cli.finetune_cmd import FinetuneCommand, finetune
+from hf_sparseout_cli.help_flags import hide_flag_types
 from hf_sparseout_cli.inspect_cmd import inspect
 from hf_sparseout_cli.push_cmd import push
 from hf_sparseout_cli.sweep_cmd import CONTEXT_SETTINGS, sweep
@@ -22,6 +23,7 @@ from hf_sparseout_cli.sweep_cmd import CONTEXT_SETTINGS, sweep
 WIDE = 120
 if typer.rich_utils.MAX_WIDTH is None and "COLUMNS" not in os.environ and not sys.stdout.isatty():
     typer.rich_utils.MAX_WIDTH = WIDE
+hide_flag_types()
 
 app = typer.Typer(
     name="hf-sparseout",

@@ -169,7 +169,8 @@ def sweep(
 
       hf-sparseout sweep --q 1.0,1.5,2.0,2.5,3.0 --seeds 3
 
-      hf-sparseout sweep --q 1,1.5,2 --p 0.1,0.2 --seed-list 0,7 --dataset ./ptb --from-config gpt2-mini --max-steps 500
+      hf-sparseout sweep --q 1,1.5,2 --p 0.1,0.2 --seed-list 0,7 --dataset path/to/ptb --from-config gpt2-mini
+      --max-steps 500
 
       hf-sparseout sweep --q 1.5,2.5 --task classification --max-steps 200 --save-steps 50 --format json
 

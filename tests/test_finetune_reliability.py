@@ -230,7 +230,7 @@ def test_block_size_beyond_the_models_positions(tmp_path):
 def test_invalid_regex_in_targets(tmp_path):
     data = write_text_corpus(tmp_path / "txt")
     _fails(
-        tmp_path / "out", "--dataset", str(data), *FAST, "--targets", "re:h.(0", expect="not a valid regular expression"
+        tmp_path / "out", "--dataset", str(data), *FAST, "--targets", "re:h.(0", expect="invalid regex"
     )
 
 

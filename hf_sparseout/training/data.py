@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from datasets import ClassLabel, Dataset, DatasetDict
 
-from hf_sparseout.loading import check_hub_reachable, hub_offline
+from hf_sparseout.loading import check_hub_reachable, hub_offline, looks_like_path
 from hf_sparseout.training.args import FinetuneArgs, UsageError
 
 if TYPE_CHECKING:
@@ -91,10 +91,8 @@ def load_raw(args: FinetuneArgs, task: str) -> tuple[DatasetDict, str, tuple[str
             return causal_lm_corpus(seed=args.seed), "built-in corpus: pydoc help topics", ()
         return classification_corpus(seed=args.seed), "built-in corpus: stdlib docstrings by module family", ()
     path = Path(args.dataset).expanduser()
-    looks_local = path.exists() or args.dataset.startswith((".", "/", "~")) or path.suffix.lower() in BUILDERS
-    if looks_local:
-        if not path.exists():
-            raise UsageError(f"no such file or directory: {args.dataset!r}", "check the path given to --dataset")
+    if _is_local(args.dataset):
+        check_dataset_source(args)
         builder, kwargs, data_files = _local_files(path)
         empty = [f for files in data_files.values() for f in files if Path(f).stat().st_size == 0]
         if empty:
@@ -120,6 +118,21 @@ def load_raw(args: FinetuneArgs, task: str) -> tuple[DatasetDict, str, tuple[str
     if not isinstance(raw, DatasetDict):
         raw = DatasetDict({"train": raw})
     return raw, f"Hub dataset {args.dataset}", (args.dataset,)
+
+
+def _is_local(dataset: str) -> bool:
+    path = Path(dataset).expanduser()
+    return path.exists() or looks_like_path(dataset) or path.suffix.lower() in BUILDERS
+
+
+def check_dataset_source(args: FinetuneArgs) -> None:
+    """A local ``--dataset`` (or one that looks like a path) must exist: checked before any model is built."""
+    if args.dataset is not None and _is_local(args.dataset) and not Path(args.dataset).expanduser().exists():
+        raise UsageError(
+            f"no such file or directory: {args.dataset!r} (looked in {Path.cwd()})",
+            "check the path given to --dataset (a file, or a directory of .txt .csv .tsv .json .jsonl .parquet "
+            "files), or give a Hub dataset name",
+        )
 
 
 UTF8_HINT = "convert the file to UTF-8 (e.g. iconv -f latin1 -t utf-8)"
@@ -164,12 +177,18 @@ def _unreadable(dataset: str, builder: str, err: Exception) -> UsageError:
     )
 
 
-def pick_splits(raw: DatasetDict, args: FinetuneArgs) -> tuple[Dataset, Dataset]:
-    """The train split and an eval split (named, found, or carved from train)."""
+def pick_splits(raw: DatasetDict, args: FinetuneArgs, task: str | None = None) -> tuple[Dataset, Dataset | None]:
+    """The train split and an eval split (named, found, or carved from train).
+
+    A causal-LM train split of one row (a one-line .txt file) with no eval split gives ``None`` for the
+    eval split: :func:`prepare` carves it from the token blocks instead (``--validation-split-percentage``).
+    """
     splits = list(raw)
     if args.train_split not in raw:
         raise UsageError(f"split {args.train_split!r} not found", f"--train-split is one of: {', '.join(splits)}")
     train = raw[args.train_split]
+    column = text_column(train, args)
+    check_has_text(train, column, "train")
     if args.eval_split is not None:
         if args.eval_split not in raw:
             raise UsageError(f"split {args.eval_split!r} not found", f"--eval-split is one of: {', '.join(splits)}")
@@ -177,8 +196,14 @@ def pick_splits(raw: DatasetDict, args: FinetuneArgs) -> tuple[Dataset, Dataset]
     else:
         found = next((s for s in ("validation", "valid", "dev", "test") if s in raw and s != args.train_split), None)
         if found is None:
+            if len(train) < 2 and task == "causal-lm":
+                return train, None
             if len(train) < 2:
-                raise UsageError(f"split {args.train_split!r} has {len(train)} rows: too few to carve an eval split")
+                raise UsageError(
+                    f"split {args.train_split!r} has {len(train)} row(s): too few to carve an eval split",
+                    "give an eval split: a directory with NAME.train.csv and NAME.valid.csv (any supported "
+                    "extension; --dataset DIR), or --eval-split NAME for a split of the dataset; or add rows",
+                )
             parts = train.train_test_split(test_size=args.validation_split_percentage / 100, seed=args.seed)
             train, evaluation = parts["train"], parts["test"]
         else:
@@ -186,7 +211,17 @@ def pick_splits(raw: DatasetDict, args: FinetuneArgs) -> tuple[Dataset, Dataset]
     for name, split in (("train", train), ("eval", evaluation)):
         if len(split) == 0:
             raise UsageError(f"the {name} split is empty", "check --dataset and the split options")
+    check_has_text(evaluation, column, "eval")
     return train, evaluation
+
+
+def check_has_text(split: Dataset, column: str, name: str) -> None:
+    """``UsageError`` when no row of ``split`` has text in ``column`` (every one empty or whitespace)."""
+    if not any(isinstance(t, str) and t.strip() for t in split[column]):
+        raise UsageError(
+            f"the {name} split has no text: all {len(split)} row(s) of column {column!r} are empty or whitespace",
+            "point --dataset at files with text (and --text-column at the column that holds it)",
+        )
 
 
 def _string_columns(dataset: Dataset) -> list[str]:
@@ -241,9 +276,10 @@ def _check_no_empty_text(split: Dataset, column: str, name: str) -> None:
 
 
 def prepare(
-    args: FinetuneArgs, tokenizer: PreTrainedTokenizerBase, task: str, train: Dataset, evaluation: Dataset
+    args: FinetuneArgs, tokenizer: PreTrainedTokenizerBase, task: str, train: Dataset, evaluation: Dataset | None
 ) -> PreparedData:
-    """Tokenise the train and eval splits (from :func:`pick_splits`) for ``task``."""
+    """Tokenise the train and eval splits (from :func:`pick_splits`) for ``task``; a causal-LM eval split of
+    ``None`` is carved from the train blocks."""
     text_col = text_column(train, args)
     if task == "causal-lm":
         return _prepare_causal(args, tokenizer, train, evaluation, text_col)
@@ -255,6 +291,8 @@ def _prepare_causal(args, tokenizer, train, evaluation, text_col) -> PreparedDat
 
     def tokenize(batch):
         texts = [t for t in batch[text_col] if t and t.strip()]
+        if not texts:  # a batch of blank rows: the tokenizer raises IndexError on an empty list
+            return {"input_ids": []}
         return tokenizer(texts, add_special_tokens=False)
 
     def group(batch):
@@ -263,15 +301,31 @@ def _prepare_causal(args, tokenizer, train, evaluation, text_col) -> PreparedDat
         blocks = [ids[i : i + block] for i in range(0, total, block)]
         return {"input_ids": blocks, "labels": [list(b) for b in blocks]}
 
-    out = []
-    for split in (train, evaluation):
+    def blocks_of(split: Dataset, name: str) -> Dataset:
         tokens = split.map(tokenize, batched=True, remove_columns=split.column_names, desc="tokenizing")
         tokens = tokens.remove_columns([c for c in tokens.column_names if c != "input_ids"])
-        out.append(tokens.map(group, batched=True, batch_size=1000, desc=f"grouping into blocks of {block}"))
-    train_blocks, eval_blocks = out
-    for name, blocks in (("train", train_blocks), ("eval", eval_blocks)):
+        blocks = tokens.map(group, batched=True, batch_size=1000, desc=f"grouping into blocks of {block}")
         if len(blocks) == 0:
-            raise UsageError(f"the {name} split has fewer tokens than --block-size {block}", "lower --block-size")
+            count = sum(len(ids) for ids in tokens["input_ids"])
+            raise UsageError(
+                f"the {name} split has {count} tokens, fewer than --block-size {block}",
+                f"lower --block-size (at most {count}), or give the {name} split more text",
+            )
+        return blocks
+
+    train_blocks = blocks_of(train, "train")
+    if evaluation is not None:
+        eval_blocks = blocks_of(evaluation, "eval")
+    else:  # one row of text and no eval split: carve the eval blocks from the train blocks
+        if len(train_blocks) < 2:
+            raise UsageError(
+                f"the train split is one row of {len(train_blocks)} block(s) of --block-size {block}: too few "
+                "to carve an eval split from",
+                "give an eval split (a directory with NAME.train.txt and NAME.valid.txt, or --eval-split), "
+                "or lower --block-size",
+            )
+        parts = train_blocks.train_test_split(test_size=args.validation_split_percentage / 100, seed=args.seed)
+        train_blocks, eval_blocks = parts["train"], parts["test"]
     if args.max_train_samples:
         train_blocks = train_blocks.select(range(min(args.max_train_samples, len(train_blocks))))
     if args.max_eval_samples:
@@ -310,7 +364,10 @@ def _prepare_classification(args, tokenizer, train, evaluation, text_col) -> Pre
         names = [str(v) for v in values]
         to_id = {v: i for i, v in enumerate(values)}
     if len(names) < 2:
-        raise UsageError(f"label column {label_col!r} has {len(names)} distinct value(s): need at least 2")
+        raise UsageError(
+            f"label column {label_col!r} has {len(names)} distinct value(s): need at least 2",
+            "classification needs two or more classes; pass --label-column, or --task causal-lm for plain text",
+        )
     if args.max_train_samples:
         train = train.select(range(min(args.max_train_samples, len(train))))
     if args.max_eval_samples:

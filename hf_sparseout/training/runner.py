@@ -16,9 +16,9 @@ from hf_sparseout.optional import MATPLOTLIB, require
 from hf_sparseout.outdir_lock import entries, hold_output_dir, refuse_if_held
 from hf_sparseout.training import checkpoints, reporting, run_names
 from hf_sparseout.training.args import FinetuneArgs, UsageError
-from hf_sparseout.training.data import infer_task, load_raw, pick_splits, prepare, text_column
+from hf_sparseout.training.data import check_dataset_source, infer_task, load_raw, pick_splits, prepare, text_column
 from hf_sparseout.training.loop import RunInputs, RunResult, run, save_final, sparseout_config
-from hf_sparseout.training.modeling import build_model, default_model, load_tokenizer, train_tokenizer
+from hf_sparseout.training.modeling import build_model, config_from, default_model, load_tokenizer, train_tokenizer
 from hf_sparseout.training.run_options import RUN_OPTIONS_FILE, write_run_options
 from hf_sparseout.training.threshold_curve import save_thresholds, split_calibration
 
@@ -193,14 +193,10 @@ def _push(out: Path, args: FinetuneArgs) -> str:
     return args.hub_model_id
 
 
-@quiet_known_library_messages()
-def finetune(args: FinetuneArgs, end_training: bool = True) -> FinetuneOutcome:
-    """Run ``hf-sparseout finetune`` with ``args``; ``UsageError`` for bad input, before anything is written.
-
-    ``end_training=False`` keeps accelerate's trackers and process group alive for a caller that runs
-    several fine-tunings in one process (``sweep``): torch cannot re-create the default process group
-    from torchrun's store in the same process.
-    """
+def check_args(args: FinetuneArgs) -> None:
+    """Everything about ``args`` that can be checked before any file is read or written: the options
+    (:meth:`FinetuneArgs.validate`, defaults resolved), the Sparseout config, and that a local ``--model``,
+    ``--tokenizer``, ``--from-config`` or ``--dataset`` exists (``--model minilm`` resolved); ``UsageError``."""
     args.validate()
     args.resolve_defaults()
     try:
@@ -209,6 +205,37 @@ def finetune(args: FinetuneArgs, end_training: bool = True) -> FinetuneOutcome:
         raise UsageError(
             str(err), "see --p, --q, --targets, --exclude, --insert in hf-sparseout finetune --help"
         ) from err
+    check_sources(args)
+
+
+def check_sources(args: FinetuneArgs) -> None:
+    """The model, tokenizer, config and dataset paths, before the data is read or a model built."""
+    from hf_sparseout.errors import ModelNotAvailableError
+    from hf_sparseout.loading import check_local_source, check_model_available, resolve_alias
+
+    try:
+        if args.model:
+            args.model = resolve_alias(args.model)
+            check_model_available(args.model, "--model")
+        if args.tokenizer:
+            args.tokenizer = resolve_alias(args.tokenizer)
+            check_local_source(args.tokenizer, "--tokenizer", need_config=False)
+    except ModelNotAvailableError as err:
+        raise UsageError(err.message, err.hint) from err
+    if args.from_config:
+        config_from(args.from_config)
+    check_dataset_source(args)
+
+
+@quiet_known_library_messages()
+def finetune(args: FinetuneArgs, end_training: bool = True) -> FinetuneOutcome:
+    """Run ``hf-sparseout finetune`` with ``args``; ``UsageError`` for bad input, before anything is written.
+
+    ``end_training=False`` keeps accelerate's trackers and process group alive for a caller that runs
+    several fine-tunings in one process (``sweep``): torch cannot re-create the default process group
+    from torchrun's store in the same process.
+    """
+    check_args(args)
     require("matplotlib", feature="finetune's plots", install=MATPLOTLIB)  # before any training
     out = check_output_dir(args)
     if args.push_to_hub:
@@ -227,7 +254,7 @@ def _train(args: FinetuneArgs, out: Path, end_training: bool) -> FinetuneOutcome
     task = task or infer_task(raw, args)
     model_name, from_config = default_model(args, task)
     tokenizer_name = args.tokenizer or model_name
-    train, evaluation = pick_splits(raw, args)
+    train, evaluation = pick_splits(raw, args, task)
     if tokenizer_name:
         tokenizer = load_tokenizer(tokenizer_name, "--tokenizer" if args.tokenizer else "--model")
     else:
