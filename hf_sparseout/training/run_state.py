@@ -1,0 +1,159 @@
+"""The records of one training run: what every run shares (:class:`RunInputs`), one prepared run
+(:class:`RunContext`, passed to each step), what it produced (:class:`RunResult`) and one optimizer step."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from hf_sparseout.training.args import FinetuneArgs
+from hf_sparseout.training.diagnostics import EvalRecord, best_eval, grad_norm_summary
+from hf_sparseout.training.evaluation import Batch
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+    from accelerate.optimizer import AcceleratedOptimizer
+    from accelerate.scheduler import AcceleratedScheduler
+    from datasets import Dataset
+    from tqdm import tqdm
+
+    from hf_sparseout.metrics.threshold import SparsityCurve
+    from hf_sparseout.patcher.report import SiteReport
+    from hf_sparseout.regularizers import LqPenalty
+
+Collate = Callable[[list[dict[str, Any]]], Batch]
+"""Examples of the tokenised dataset → one batch of tensors (``default_data_collator``, or padding)."""
+
+
+@dataclass
+class RunResult:
+    """What one run produced."""
+
+    name: str
+    q: float
+    report: SiteReport
+    evals: list[EvalRecord] = field(default_factory=list)
+    train_loss: list[tuple[int, float]] = field(default_factory=list)
+    learning_rate: list[tuple[int, float]] = field(default_factory=list)
+    sparsity: dict[str, Any] = field(default_factory=dict)
+    """The last evaluation's ``summarize`` output: ``overall`` and per-site metrics (JSON-ready)."""
+    global_step: int = 0
+    train_seconds: float = 0.0
+    throughput: float = 0.0
+    throughput_unit: str = "tokens/s"
+    peak_memory_mb: float | None = None
+    model: nn.Module | None = None
+    """The trained model as ``accelerator.prepare`` returned it (wrapped under DDP)."""
+    curve: SparsityCurve | None = None
+    """The final evaluation's ``SparsityCurve`` (``--sparsity-curve``), else None."""
+    p: float | None = None
+    """The p every site got (``None``: each site's own), e.g. 0 for the p = 0 control."""
+    penalty: bool = False
+    """Whether this run trained with ``--lq-penalty``."""
+    init: dict[str, float] = field(default_factory=dict)
+    """Sparsity of the untrained model on the eval data (``hoyer``, ``relative_near_zero_fraction``)."""
+    grad_norms: list[tuple[int, float]] = field(default_factory=list)
+    """Gradient norm before clipping at every optimizer step."""
+    log_every: int = 1
+
+    @property
+    def final(self) -> EvalRecord:
+        """The last evaluation's metrics (with overall Hoyer sparsity)."""
+        return self.evals[-1] if self.evals else {}
+
+    def diagnostics(self, task: str) -> dict[str, Any]:
+        """``best_eval_*`` and its step, ``hoyer_init`` and ``grad_norm`` (median, max, per logging step)."""
+        return {
+            **best_eval(self.evals, task),
+            "hoyer_init": self.init.get("hoyer"),
+            "relative_near_zero_fraction_init": self.init.get("relative_near_zero_fraction"),
+            "grad_norm": grad_norm_summary(self.grad_norms, self.log_every),
+        }
+
+
+@dataclass(frozen=True)
+class RunInputs:
+    """What every run of one ``finetune`` shares (built once by ``runner.finetune``)."""
+
+    args: FinetuneArgs
+    accelerator: Accelerator
+    make_model: Callable[[], nn.Module]
+    """A fresh, unpatched model with the task's head (called once per run, after seeding)."""
+    train_set: Dataset
+    eval_set: Dataset
+    collate: Collate
+    task: str
+    num_labels: int | None
+
+
+@dataclass
+class RunContext:
+    """One run, prepared by :func:`prepare_run` and passed to each of its steps."""
+
+    inputs: RunInputs
+    name: str
+    """``sparseout``, ``baseline`` or ``p0``: the log prefix, the tracker prefix, ``checkpoints/<name>``."""
+    q: float
+    model: nn.Module
+    """Prepared by accelerate (wrapped under DDP); ``accelerator.unwrap_model`` gives the patched model."""
+    optimizer: AcceleratedOptimizer
+    scheduler: AcceleratedScheduler
+    """Sized in process-steps: accelerate steps a prepared scheduler once per process (see ``_scheduler``)."""
+    train_dl: DataLoader
+    eval_dl: DataLoader
+    lq: LqPenalty | None
+    """The ``--lq-penalty`` term (main run only), else None."""
+    result: RunResult
+    """Filled in by the steps (and by a resume), returned by :func:`run`."""
+    signature: dict[str, str | int | float]
+    ckpt_dir: Path
+    total: int
+    """Optimizer steps of the run."""
+    eval_every: int | None
+    """Optimizer steps between evaluations (None: only the final one)."""
+    # Where the run is, in the data and between evaluations (a resume restores the first two).
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    last_eval_step: int = 0
+    penalty_terms: list[torch.Tensor] = field(default_factory=list)
+    """The penalty's terms since the previous evaluation (their mean is logged as ``lq_penalty``)."""
+    # Set by :func:`train`.
+    running_loss: torch.Tensor = field(default_factory=lambda: torch.zeros(()))
+    """This process's loss summed over the current accumulation cycle (divided by its length)."""
+    seen_units: int = 0
+    """Tokens (causal LM) or samples seen by every process, for the throughput."""
+    start: float = 0.0
+    """``time.perf_counter()`` when training started."""
+    last_save: float = 0.0
+    """``time.monotonic()`` at the start of training or the last checkpoint (``--save-minutes``)."""
+    bar: tqdm | None = None
+
+    @property
+    def args(self) -> FinetuneArgs:
+        return self.inputs.args
+
+    @property
+    def accelerator(self) -> Accelerator:
+        return self.inputs.accelerator
+
+    @property
+    def task(self) -> str:
+        return self.inputs.task
+
+
+@dataclass(frozen=True)
+class OptimizerStep:
+    """A batch that ended an accumulation cycle: what :func:`record_step` logs about the step it took."""
+
+    lr: float
+    """The learning rate this optimizer step used."""
+    grad_norm: torch.Tensor | float | None
+    """The gradient norm before clipping (None where accelerate cannot measure it)."""
+    device: torch.device
+    """The loss's device, where the next cycle's running loss starts."""

@@ -1,0 +1,108 @@
+"""Training a run: epochs, one batch (forward, backward, clip, step) and the record of each optimizer step."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+
+from hf_sparseout.training.checkpointing import checkpoint_due, save_checkpoint
+from hf_sparseout.training.eval_record import evaluate_and_record
+from hf_sparseout.training.evaluation import Batch
+from hf_sparseout.training.run_state import OptimizerStep, RunContext
+
+
+def train(ctx: RunContext) -> None:
+    """Train to ``ctx.total`` optimizer steps, epoch after epoch (from the resumed position)."""
+    from tqdm.auto import tqdm
+
+    ctx.bar = tqdm(
+        total=ctx.total,
+        initial=ctx.result.global_step,
+        desc=f"{ctx.name} (q={ctx.q:g})",
+        disable=not ctx.accelerator.is_local_main_process,
+    )
+    ctx.start, ctx.seen_units = time.perf_counter(), 0
+    ctx.last_save = time.monotonic()
+    ctx.model.train()
+    ctx.running_loss = torch.zeros(())
+    while ctx.result.global_step < ctx.total:
+        if train_epoch(ctx):
+            break
+        ctx.epoch, ctx.batch_in_epoch = ctx.epoch + 1, 0
+
+
+def train_epoch(ctx: RunContext) -> bool:
+    """The rest of epoch ``ctx.epoch``; True when the run reached its last step before the epoch's end."""
+    ctx.train_dl.set_epoch(ctx.epoch)
+    loader = (
+        ctx.accelerator.skip_first_batches(ctx.train_dl, ctx.batch_in_epoch) if ctx.batch_in_epoch else ctx.train_dl
+    )
+    for batch in loader:
+        step = train_step(ctx, batch)
+        if step is None:  # inside a gradient-accumulation cycle
+            continue
+        record_step(ctx, step)
+        if ctx.eval_every and ctx.result.global_step % ctx.eval_every == 0 and ctx.result.global_step < ctx.total:
+            evaluate_and_record(ctx)
+        if checkpoint_due(ctx):
+            save_checkpoint(ctx)
+        if ctx.result.global_step >= ctx.total:
+            return True
+    return False
+
+
+def train_step(ctx: RunContext, batch: Batch) -> OptimizerStep | None:
+    """Forward and backward on one batch (with the penalty's term); at the end of an accumulation cycle,
+    clip and step. Returns the optimizer step taken, or None inside a cycle."""
+    accelerator, args, lq = ctx.accelerator, ctx.args, ctx.lq
+    with accelerator.accumulate(ctx.model):
+        loss = ctx.model(**batch).loss
+        if lq is not None:
+            term = lq()
+            accelerator.backward(loss + term)
+            ctx.penalty_terms.append(term.detach())
+        else:
+            accelerator.backward(loss)
+        if accelerator.sync_gradients:
+            step_lr = ctx.scheduler.get_last_lr()[0]  # the rate this optimizer step uses
+            # clip_grad_norm_ returns the norm before clipping; max_norm=inf only measures it
+            clip = args.max_grad_norm if args.max_grad_norm > 0 else math.inf
+            grad_norm = accelerator.clip_grad_norm_(ctx.model.parameters(), clip)
+        ctx.optimizer.step()
+        ctx.scheduler.step()
+        ctx.optimizer.zero_grad()
+    ctx.batch_in_epoch += 1
+    ctx.running_loss = ctx.running_loss.to(loss.device) + loss.detach().float() / args.gradient_accumulation_steps
+    # tokens (causal LM: unpadded blocks) or samples, from shapes: no device sync per batch
+    units = batch["input_ids"].numel() if ctx.task == "causal-lm" else len(batch["labels"])
+    ctx.seen_units += units * accelerator.num_processes
+    if not accelerator.sync_gradients:
+        return None
+    return OptimizerStep(lr=step_lr, grad_norm=grad_norm, device=loss.device)
+
+
+def record_step(ctx: RunContext, step: OptimizerStep) -> None:
+    """Count the optimizer step; record its training loss (the mean over processes), learning rate and
+    gradient norm; update the progress bar and the trackers."""
+    accelerator, result = ctx.accelerator, ctx.result
+    result.global_step += 1
+    running = ctx.running_loss
+    if accelerator.num_processes > 1:  # the mean over every process's batch, as one process would see it
+        running = accelerator.reduce(running, reduction="mean")
+    # one sync per optimizer step, for the log, the progress bar and the gradient norm
+    norm_t = torch.as_tensor(float("nan") if step.grad_norm is None else step.grad_norm, dtype=running.dtype)
+    avg, norm = torch.stack([running, norm_t.to(running.device)]).tolist()
+    result.grad_norms.append((result.global_step, norm))
+    ctx.running_loss = torch.zeros((), device=step.device)
+    result.train_loss.append((result.global_step, avg))
+    lr = step.lr
+    result.learning_rate.append((result.global_step, lr))
+    rate = ctx.seen_units / max(time.perf_counter() - ctx.start, 1e-9)
+    assert ctx.bar is not None  # set by train()
+    ctx.bar.set_postfix(
+        loss=f"{avg:.3f}", lr=f"{lr:.2e}", **{"tok/s" if ctx.task == "causal-lm" else "samples/s": f"{rate:.0f}"}
+    )
+    ctx.bar.update(1)
+    accelerator.log({f"{ctx.name}/train_loss": avg, f"{ctx.name}/lr": lr}, step=result.global_step)
