@@ -42,5 +42,8 @@ def save_checkpoint(ctx: RunContext) -> None:
         "signature": ctx.signature,
         "init": result.init,
         "grad_norms": result.grad_norms,
+        "nonfinite_loss_steps": result.nonfinite_loss_steps,
+        "skipped_steps": result.skipped_steps,
+        "best": result.best,
     }
     checkpoints.save_checkpoint(ctx.accelerator, ctx.ckpt_dir, state, ctx.args.save_total_limit)

@@ -7,6 +7,7 @@ from typing import Any
 import torch
 
 from hf_sparseout.logs import get_logger
+from hf_sparseout.training import best_model
 from hf_sparseout.training.diagnostics import EvalRecord, mean_since
 from hf_sparseout.training.evaluation import evaluate
 from hf_sparseout.training.run_state import RunContext
@@ -48,4 +49,26 @@ def evaluate_and_record(ctx: RunContext) -> None:
     shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float))
     logger.info(f"[{ctx.name}] eval @ step {result.global_step}: {shown}")
     ctx.accelerator.log({f"{ctx.name}/{k}": v for k, v in metrics.items()}, step=result.global_step)
+    if result.best is not None:
+        track_best(ctx)
     ctx.model.train()
+
+
+def track_best(ctx: RunContext) -> None:
+    """``--load-best-model-at-end``: count the evaluation just recorded against the best so far; write the
+    model's copy when it is better; ask training to stop after ``--early-stopping-patience`` evaluations
+    without improvement (the decision is the same on every process: the metrics are gathered)."""
+    result, best = ctx.result, ctx.result.best
+    assert best is not None
+    if best_model.update(best, result.evals[-1]):
+        best_model.save_copy(ctx.accelerator, ctx.model, ctx.ckpt_dir, best)
+        return
+    patience = ctx.args.early_stopping_patience
+    if patience and best["evals_without_improvement"] >= patience and result.global_step < ctx.total:
+        reason = (
+            f"early stopping: {patience} evaluation{'s' if patience > 1 else ''} without improving "
+            f"{best['metric']} (best {best['value']:.6g} at step {best['step']})"
+        )
+        result.stopped_early = {"step": result.global_step, "reason": reason}
+        logger.info(f"[{ctx.name}] {reason}")
+        ctx.stop = True

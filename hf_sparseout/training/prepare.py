@@ -13,7 +13,7 @@ import hf_sparseout
 from hf_sparseout.logs import get_logger
 from hf_sparseout.patcher.report import SiteReport
 from hf_sparseout.regularizers import LqPenalty
-from hf_sparseout.training import checkpoints, threshold_curve
+from hf_sparseout.training import best_model, checkpoints, threshold_curve
 from hf_sparseout.training.args import FinetuneArgs, UsageError
 from hf_sparseout.training.modeling import check_input_length, enable_checkpointing
 from hf_sparseout.training.run_state import RunContext, RunInputs, RunResult
@@ -86,6 +86,15 @@ def prepare_run(inputs: RunInputs, name: str, q: float, p: float | None = None, 
         total=total,
         eval_every=eval_every,
     )
+    if args.load_best_model_at_end:
+        result.best = best_model.new_record(
+            args.metric_for_best_model or best_model.default_metric(inputs.task), args.greater_is_better
+        )
+        if args.early_stopping_patience and eval_every is None:
+            raise UsageError(
+                "--early-stopping-patience counts evaluations, and this run evaluates only at the end",
+                "add --eval-steps N",
+            )
     if args.resume_from_checkpoint:
         _resume(ctx, args.resume_from_checkpoint)
     ctx.last_eval_step = result.evals[-1]["step"] if result.evals else 0
@@ -176,4 +185,17 @@ def _resume(ctx: RunContext, spec: str) -> None:
     result.learning_rate = [tuple(x) for x in state.get("learning_rate", [])]
     result.init = state.get("init", {})
     result.grad_norms = [tuple(x) for x in state.get("grad_norms", [])]
+    result.nonfinite_loss_steps = list(state.get("nonfinite_loss_steps", []))
+    result.skipped_steps = int(state.get("skipped_steps", 0))
+    stored = state.get("best")
+    if (
+        result.best is not None
+        and stored
+        and (stored["metric"], stored["greater_is_better"])
+        == (
+            result.best["metric"],
+            result.best["greater_is_better"],
+        )
+    ):
+        result.best = stored  # the best so far and its count without improvement
     logger.info(f"[{ctx.name}] resumed from {path} at step {result.global_step}")

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,7 +13,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from hf_sparseout.training.args import FinetuneArgs
+from hf_sparseout.training.args import FinetuneArgs, UsageError
 from hf_sparseout.training.diagnostics import EvalRecord, best_eval, grad_norm_summary
 from hf_sparseout.training.evaluation import Batch
 
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     from hf_sparseout.metrics.threshold import SparsityCurve
     from hf_sparseout.patcher.report import SiteReport
     from hf_sparseout.regularizers import LqPenalty
+    from hf_sparseout.training.best_model import BestRecord
 
 Collate = Callable[[list[dict[str, Any]]], Batch]
 """Examples of the tokenised dataset → one batch of tensors (``default_data_collator``, or padding)."""
@@ -61,10 +63,32 @@ class RunResult:
     grad_norms: list[tuple[int, float]] = field(default_factory=list)
     """Gradient norm before clipping at every optimizer step."""
     log_every: int = 1
+    nonfinite_loss_steps: list[int] = field(default_factory=list)
+    """Optimizer steps whose training loss was not finite (never applied; ``--nan-policy``)."""
+    skipped_steps: int = 0
+    """Of those, the steps skipped by ``--nan-policy skip`` (counted in ``global_step``)."""
+    stopped_early: dict[str, Any] | None = None
+    """``{"step", "reason"}`` when training ended before its last step (a non-finite loss, early stopping)."""
+    best: BestRecord | None = None
+    """``--load-best-model-at-end``: the best evaluation (its step, metric and value)."""
+    best_final: EvalRecord | None = None
+    """``--load-best-model-at-end`` with a best before the last step: the best model's final evaluation."""
+    analysis_errors: dict[str, str] = field(default_factory=dict)
+    """Optional end-of-run analyses that failed (``sparsity_curve``: the error), after the model was saved."""
+    refused: UsageError | None = field(default=None, repr=False)
+    """An analysis refused for the run's options: raised once everything is saved (exit 2)."""
 
     @property
     def final(self) -> EvalRecord:
-        """The last evaluation's metrics (with overall Hoyer sparsity)."""
+        """The final evaluation of the model the run keeps (with overall Hoyer sparsity): the last one, or
+        with ``--load-best-model-at-end`` the best model's."""
+        if self.best_final is not None:
+            return self.best_final
+        return self.evals[-1] if self.evals else {}
+
+    @property
+    def last(self) -> EvalRecord:
+        """The evaluation at the run's last step."""
         return self.evals[-1] if self.evals else {}
 
     def diagnostics(self, task: str) -> dict[str, Any]:
@@ -133,6 +157,8 @@ class RunContext:
     last_save: float = 0.0
     """``time.monotonic()`` at the start of training or the last checkpoint (``--save-minutes``)."""
     bar: tqdm | None = None
+    stop: bool = False
+    """Set by a step that ends training early (``RunResult.stopped_early`` says why)."""
 
     @property
     def args(self) -> FinetuneArgs:
@@ -153,7 +179,14 @@ class OptimizerStep:
 
     lr: float
     """The learning rate this optimizer step used."""
-    grad_norm: torch.Tensor | float | None
-    """The gradient norm before clipping (None where accelerate cannot measure it)."""
+    loss: float
+    """The cycle's training loss, the mean over processes (not finite: the step was not applied)."""
+    grad_norm: float
+    """The gradient norm before clipping (NaN where accelerate cannot measure it)."""
     device: torch.device
     """The loss's device, where the next cycle's running loss starts."""
+
+    @property
+    def applied(self) -> bool:
+        """Whether the optimizer step was taken (its loss is finite)."""
+        return math.isfinite(self.loss)

@@ -13,8 +13,9 @@ from hf_sparseout.logs import get_logger
 from hf_sparseout.optional import MATPLOTLIB, require
 from hf_sparseout.training import checkpoints, reporting
 from hf_sparseout.training.args import FinetuneArgs, UsageError
+from hf_sparseout.training.best_model import check_metric
 from hf_sparseout.training.data import infer_task, load_raw, pick_splits, prepare, text_column
-from hf_sparseout.training.loop import RunInputs, RunResult, run, save_final, sparseout_config
+from hf_sparseout.training.loop import RunInputs, RunResult, analyse, save_final, sparseout_config, train_run
 from hf_sparseout.training.modeling import build_model, default_model, load_tokenizer, train_tokenizer
 from hf_sparseout.training.threshold_curve import save_thresholds
 
@@ -188,6 +189,38 @@ def _push(out: Path, args: FinetuneArgs) -> str:
     return args.hub_model_id
 
 
+@dataclass
+class RunFiles:
+    """The files a ``finetune`` writes beside its models (main process): metrics.json, plots, report.md, the
+    run file and the model card; with ``directories``, each run's ``thresholds.json`` too."""
+
+    out: Path
+    args: FinetuneArgs
+    results: list[RunResult]
+    task: str
+    source: str
+    dataset_names: tuple[str, ...]
+    from_scratch: bool
+
+    def write(self, accelerator: Accelerator, directories: list[Path] | None = None) -> dict[str, str]:
+        """Write (or rewrite) the files; their paths by kind (empty on other processes)."""
+        out, args, results, task = self.out, self.args, self.results, self.task
+        files: dict[str, str] = {}
+        if not accelerator.is_main_process:
+            return files
+        for result, directory in zip(results, directories or [None] * len(results), strict=True):
+            # thresholds saved with the model they were calibrated on
+            if result.curve is not None and directory is not None:
+                files[f"thresholds_{result.name}"] = str(save_thresholds(result.curve, directory))
+        processes = accelerator.num_processes
+        files["metrics"] = str(reporting.write_metrics(out, args, results, task, self.source, processes))
+        files.update({k: str(out / v) for k, v in reporting.write_plots(out, results, task).items()})
+        files["report"] = str(reporting.write_report(out, args, results, task, self.source))
+        files["run"] = str(reporting.write_run_file(out, args, results, task, self.dataset_names, self.from_scratch))
+        files["card"] = str(write_model_card(out, repo_id=args.hub_model_id))
+        return files
+
+
 def finetune(args: FinetuneArgs, end_training: bool = True) -> FinetuneOutcome:
     """Run ``hf-sparseout finetune`` with ``args``; ``UsageError`` for bad input, before anything is written.
 
@@ -212,6 +245,7 @@ def finetune(args: FinetuneArgs, end_training: bool = True) -> FinetuneOutcome:
     task = args.task or ("causal-lm" if args.dataset is None else None)
     raw, source, dataset_names = load_raw(args, task or "causal-lm")
     task = task or infer_task(raw, args)
+    check_metric(args.metric_for_best_model, task)  # --metric-for-best-model is measured for this task
     model_name, from_config = default_model(args, task)
     tokenizer_name = args.tokenizer or model_name
     train, evaluation = pick_splits(raw, args)
@@ -242,27 +276,28 @@ def finetune(args: FinetuneArgs, end_training: bool = True) -> FinetuneOutcome:
         num_labels=prepared.num_labels,
     )
     # The controls share the seed, data order and sites; only the main run gets --lq-penalty.
-    results = [run(inputs, "sparseout", args.q, penalty=True)]
+    contexts = [train_run(inputs, "sparseout", args.q, penalty=True)]
     for name in control_runs(args.baseline):
-        results.append(run(inputs, name, 2.0, p=0.0 if name == "p0" else None))
+        contexts.append(train_run(inputs, name, 2.0, p=0.0 if name == "p0" else None))
+    results = [ctx.result for ctx in contexts]
     directories = [out, *(out / result.name for result in results[1:])]  # the main run's model at the top
+    # What the runs produced is saved before anything optional that can fail: models, then their files.
     for result, directory in zip(results, directories, strict=True):
         save_final(result, accelerator, tokenizer, directory)
-    files: dict[str, str] = {}
-    if accelerator.is_main_process:
-        for result, directory in zip(results, directories, strict=True):
-            if result.curve is not None:  # thresholds saved with the model they were calibrated on
-                files[f"thresholds_{result.name}"] = str(save_thresholds(result.curve, directory))
-        files["metrics"] = str(reporting.write_metrics(out, args, results, task, source, accelerator.num_processes))
-        files.update({k: str(out / v) for k, v in reporting.write_plots(out, results, task).items()})
-        files["report"] = str(reporting.write_report(out, args, results, task, source))
-        files["run"] = str(reporting.write_run_file(out, args, results, task, dataset_names, from_config is not None))
-        files["card"] = str(write_model_card(out, repo_id=args.hub_model_id))
-        if args.push_to_hub:
-            files["pushed_to"] = _push(out, args)
+    report = RunFiles(out, args, results, task, source, dataset_names, from_config is not None)
+    files = report.write(accelerator)
+    if args.sparsity_curve:  # the optional analyses, then their figures (or errors) into the same files
+        for ctx in contexts:
+            analyse(ctx)
+        files = report.write(accelerator, directories)
+    if accelerator.is_main_process and args.push_to_hub:
+        files["pushed_to"] = _push(out, args)
     if end_training:
         accelerator.end_training()
     else:
         for tracker in accelerator.trackers:
             tracker.finish()
+    refused = next((r.refused for r in results if r.refused is not None), None)
+    if refused is not None:  # an analysis refused for the options: everything is on disk, exit 2 with the hint
+        raise refused
     return FinetuneOutcome(task, results, out, files, is_main_process=accelerator.is_main_process)

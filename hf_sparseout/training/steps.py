@@ -7,10 +7,13 @@ import time
 
 import torch
 
+from hf_sparseout.logs import get_logger
 from hf_sparseout.training.checkpointing import checkpoint_due, save_checkpoint
 from hf_sparseout.training.eval_record import evaluate_and_record
 from hf_sparseout.training.evaluation import Batch
 from hf_sparseout.training.run_state import OptimizerStep, RunContext
+
+logger = get_logger(__name__)
 
 
 def train(ctx: RunContext) -> None:
@@ -27,14 +30,15 @@ def train(ctx: RunContext) -> None:
     ctx.last_save = time.monotonic()
     ctx.model.train()
     ctx.running_loss = torch.zeros(())
-    while ctx.result.global_step < ctx.total:
+    while ctx.result.global_step < ctx.total and not ctx.stop:
         if train_epoch(ctx):
             break
         ctx.epoch, ctx.batch_in_epoch = ctx.epoch + 1, 0
 
 
 def train_epoch(ctx: RunContext) -> bool:
-    """The rest of epoch ``ctx.epoch``; True when the run reached its last step before the epoch's end."""
+    """The rest of epoch ``ctx.epoch``; True when the run reached its last step (or stopped) before the
+    epoch's end."""
     ctx.train_dl.set_epoch(ctx.epoch)
     loader = (
         ctx.accelerator.skip_first_batches(ctx.train_dl, ctx.batch_in_epoch) if ctx.batch_in_epoch else ctx.train_dl
@@ -43,20 +47,43 @@ def train_epoch(ctx: RunContext) -> bool:
         step = train_step(ctx, batch)
         if step is None:  # inside a gradient-accumulation cycle
             continue
+        if not step.applied and not nonfinite_step(ctx, step):
+            return True
         record_step(ctx, step)
         if ctx.eval_every and ctx.result.global_step % ctx.eval_every == 0 and ctx.result.global_step < ctx.total:
             evaluate_and_record(ctx)
         if checkpoint_due(ctx):
             save_checkpoint(ctx)
-        if ctx.result.global_step >= ctx.total:
+        if ctx.stop or ctx.result.global_step >= ctx.total:
             return True
+    return False
+
+
+def nonfinite_step(ctx: RunContext, step: OptimizerStep) -> bool:
+    """A step whose loss was not finite (not applied): record it; True to train on (``--nan-policy skip``),
+    False to stop (``stop``: the model stays that of the last finite step)."""
+    result, number = ctx.result, ctx.result.global_step + 1
+    result.nonfinite_loss_steps.append(number)
+    if ctx.args.nan_policy == "skip":
+        result.skipped_steps += 1
+        logger.warning(f"[{ctx.name}] step {number}: non-finite training loss ({step.loss}), step skipped")
+        return True
+    reason = f"non-finite training loss ({step.loss}) at step {number}"
+    result.stopped_early = {"step": number, "reason": reason}
+    logger.warning(
+        f"[{ctx.name}] stopped: {reason}; the model of step {result.global_step} (the last finite one) is evaluated "
+        "and saved (--nan-policy skip trains on without the step)"
+    )
+    ctx.stop = True
     return False
 
 
 def train_step(ctx: RunContext, batch: Batch) -> OptimizerStep | None:
     """Forward and backward on one batch (with the penalty's term); at the end of an accumulation cycle,
-    clip and step. Returns the optimizer step taken, or None inside a cycle."""
+    clip and step, unless the cycle's loss (mean over processes) is not finite. Returns the optimizer step
+    (taken or not), or None inside a cycle."""
     accelerator, args, lq = ctx.accelerator, ctx.args, ctx.lq
+    applied = True
     with accelerator.accumulate(ctx.model):
         loss = ctx.model(**batch).loss
         if lq is not None:
@@ -65,22 +92,40 @@ def train_step(ctx: RunContext, batch: Batch) -> OptimizerStep | None:
             ctx.penalty_terms.append(term.detach())
         else:
             accelerator.backward(loss)
+        ctx.running_loss = ctx.running_loss.to(loss.device) + loss.detach().float() / args.gradient_accumulation_steps
         if accelerator.sync_gradients:
             step_lr = ctx.scheduler.get_last_lr()[0]  # the rate this optimizer step uses
             # clip_grad_norm_ returns the norm before clipping; max_norm=inf only measures it
             clip = args.max_grad_norm if args.max_grad_norm > 0 else math.inf
             grad_norm = accelerator.clip_grad_norm_(ctx.model.parameters(), clip)
-        ctx.optimizer.step()
-        ctx.scheduler.step()
+            avg, norm = _synced(ctx, grad_norm)
+            applied = math.isfinite(avg)
+        # a step with a non-finite loss is not applied, and the schedule waits (as on an fp16 overflow); under
+        # fp16 the gradient scaler skips it by itself (its gradients are not finite) and must see the step
+        if applied or accelerator.scaler is not None:
+            ctx.optimizer.step()
+        if applied:
+            ctx.scheduler.step()
         ctx.optimizer.zero_grad()
     ctx.batch_in_epoch += 1
-    ctx.running_loss = ctx.running_loss.to(loss.device) + loss.detach().float() / args.gradient_accumulation_steps
     # tokens (causal LM: unpadded blocks) or samples, from shapes: no device sync per batch
     units = batch["input_ids"].numel() if ctx.task == "causal-lm" else len(batch["labels"])
     ctx.seen_units += units * accelerator.num_processes
     if not accelerator.sync_gradients:
         return None
-    return OptimizerStep(lr=step_lr, grad_norm=grad_norm, device=loss.device)
+    ctx.running_loss = torch.zeros((), device=loss.device)
+    return OptimizerStep(lr=step_lr, loss=avg, grad_norm=norm, device=loss.device)
+
+
+def _synced(ctx: RunContext, grad_norm: torch.Tensor | float | None) -> tuple[float, float]:
+    """(the cycle's loss, mean over every process's batch as one process would see it; the gradient norm):
+    one sync per optimizer step, for the step's decision, the log, the progress bar and the norm."""
+    running = ctx.running_loss
+    if ctx.accelerator.num_processes > 1:
+        running = ctx.accelerator.reduce(running, reduction="mean")
+    norm_t = torch.as_tensor(float("nan") if grad_norm is None else grad_norm, dtype=running.dtype)
+    avg, norm = torch.stack([running, norm_t.to(running.device)]).tolist()
+    return avg, norm
 
 
 def record_step(ctx: RunContext, step: OptimizerStep) -> None:
@@ -88,16 +133,9 @@ def record_step(ctx: RunContext, step: OptimizerStep) -> None:
     gradient norm; update the progress bar and the trackers."""
     accelerator, result = ctx.accelerator, ctx.result
     result.global_step += 1
-    running = ctx.running_loss
-    if accelerator.num_processes > 1:  # the mean over every process's batch, as one process would see it
-        running = accelerator.reduce(running, reduction="mean")
-    # one sync per optimizer step, for the log, the progress bar and the gradient norm
-    norm_t = torch.as_tensor(float("nan") if step.grad_norm is None else step.grad_norm, dtype=running.dtype)
-    avg, norm = torch.stack([running, norm_t.to(running.device)]).tolist()
+    avg, norm, lr = step.loss, step.grad_norm, step.lr
     result.grad_norms.append((result.global_step, norm))
-    ctx.running_loss = torch.zeros((), device=step.device)
     result.train_loss.append((result.global_step, avg))
-    lr = step.lr
     result.learning_rate.append((result.global_step, lr))
     rate = ctx.seen_units / max(time.perf_counter() - ctx.start, 1e-9)
     assert ctx.bar is not None  # set by train()
