@@ -88,7 +88,8 @@ def analyse(ctx: RunContext) -> None:
         except ThresholdError as err:
             result.analysis_errors["sparsity_curve"] = f"sparsity curve failed: {err}"
             result.refused = UsageError(
-                f"the run finished and is saved, but --sparsity-curve failed: {str(err).split(' (hint: ')[0]}",
+                f"the run finished and is saved in {ctx.args.output_dir!r}, but --sparsity-curve failed: "
+                f"{str(err).split(' (hint: ')[0]}",
                 err.hint or "see --sparsity-sites and --sparsity-targets",
             )
         except Exception as err:  # an optional analysis: recorded, the run is kept
