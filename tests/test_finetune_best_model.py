@@ -20,6 +20,7 @@ from model_faults import same_weights, saved_weights
 from hf_sparseout.training import best_model
 
 CONSTANT = [*FAST, "--lr-scheduler", "constant", "--save-minutes", "0"]
+CURVE = ["--sparsity-curve", "--sparsity-targets", "0,0.5"]
 BEST = ["--load-best-model-at-end", "--metric-for-best-model", "eval_loss", "--greater-is-better", "--eval-steps", "2"]
 
 
@@ -155,7 +156,7 @@ def data(tmp_path_factory):
 @pytest.fixture(scope="module")
 def best_run(tmp_path_factory, data):
     out = tmp_path_factory.mktemp("best") / "run"
-    _ok(out, "--dataset", str(data), *CONSTANT, *BEST, "--max-steps", "6", "--save-steps", "2")
+    _ok(out, "--dataset", str(data), *CONSTANT, *BEST, *CURVE, "--max-steps", "6", "--save-steps", "2")
     return out
 
 
@@ -172,8 +173,12 @@ def test_the_kept_model_is_the_model_of_the_best_step(tmp_path, data, best_run):
     assert run["final"]["hoyer"] == pytest.approx(at_best["hoyer"], rel=1e-6)
     assert _metrics(best_run)["summary"][0]["eval_loss"] == run["final"]["eval_loss"]
     reference = tmp_path / "reference"
-    _ok(reference, "--dataset", str(data), *CONSTANT, "--max-steps", str(best_step))
+    _ok(reference, "--dataset", str(data), *CONSTANT, *CURVE, "--max-steps", str(best_step))
     assert same_weights(saved_weights(best_run), saved_weights(reference))
+    # the curve and its thresholds were calibrated on the best model, not on the last one
+    assert (best_run / "thresholds.json").read_text() == (reference / "thresholds.json").read_text()
+    kept_curve, reference_curve = run["sparsity_curve"], _metrics(reference)["runs"]["sparseout"]["sparsity_curve"]
+    assert kept_curve["points"] == reference_curve["points"]
     card = json.loads((best_run / "hf_sparseout_run.json").read_text())
     assert card["results"]["sparseout"]["eval_loss"] == run["final"]["eval_loss"]
     assert (best_run / "README.md").is_file()
