@@ -69,6 +69,28 @@ def test_skip_trains_on_after_a_nonfinite_step(tmp_path, data, monkeypatch):
     assert run["evals"][0]["train_loss"] == pytest.approx(losses[1])
 
 
+@pytest.mark.slow  # one short training run
+def test_a_nonfinite_penalty_term_is_not_applied_either(tmp_path, data, monkeypatch):
+    from hf_sparseout.regularizers import LqPenalty
+
+    original, calls = LqPenalty.__call__, {"n": 0}
+
+    def inf_at_2(self):
+        calls["n"] += 1
+        term = original(self)
+        return term * float("inf") if calls["n"] == 2 else term
+
+    monkeypatch.setattr(LqPenalty, "__call__", inf_at_2)
+    out = tmp_path / "out"
+    args = ["--max-steps", "3", "--lq-penalty", "1e-3", "--nan-policy", "skip"]
+    result = _ok(out, "--dataset", str(data), *CONSTANT, *args)
+    run = _metrics(out)["runs"]["sparseout"]
+    assert run["nonfinite_loss_steps"] == [2] and run["skipped_steps"] == 1
+    assert all(math.isfinite(loss) for _, loss in run["train_loss"])  # the model's loss itself was finite
+    assert all(bool(t.isfinite().all()) for t in saved_weights(out).values())
+    assert "L_q penalty" in " ".join(result.output.split())
+
+
 @pytest.mark.slow  # trains end to end
 def test_nan_weight_stops_at_the_first_step_and_saves_everything(tmp_path, data, monkeypatch):
     """The issue's case: a NaN weight, --sparsity-curve; the curve cannot run on NaN, the run still exits 0."""

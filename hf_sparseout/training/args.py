@@ -181,10 +181,10 @@ class FinetuneArgs:
     nan_policy: str = field(
         default="stop",
         metadata={
-            "help": "A non-finite training loss (summed over processes and the accumulation cycle): its step is "
-            "never applied; stop ends training there (the model of the last finite step is evaluated and saved, "
-            "metrics.json stopped_early) or skip goes on (skipped_steps in metrics.json; the schedule does not "
-            "advance, as on an fp16 overflow).",
+            "help": "A non-finite training loss or --lq-penalty term (over processes and the accumulation cycle): "
+            "its step is never applied; stop ends training there (the model of the last finite step is evaluated "
+            "and saved, metrics.json stopped_early) or skip goes on (skipped_steps in metrics.json; the schedule "
+            "does not advance, as on an fp16 overflow).",
             "choices": NAN_POLICIES,
         },
     )

@@ -150,6 +150,8 @@ class RunContext:
     # Set by :func:`train`.
     running_loss: torch.Tensor = field(default_factory=lambda: torch.zeros(()))
     """This process's loss summed over the current accumulation cycle (divided by its length)."""
+    running_penalty: torch.Tensor = field(default_factory=lambda: torch.zeros(()))
+    """This process's ``--lq-penalty`` terms summed over the current accumulation cycle (0 without it)."""
     seen_units: int = 0
     """Tokens (causal LM) or samples seen by every process, for the throughput."""
     start: float = 0.0
@@ -185,8 +187,10 @@ class OptimizerStep:
     """The gradient norm before clipping (NaN where accelerate cannot measure it)."""
     device: torch.device
     """The loss's device, where the next cycle's running loss starts."""
+    penalty: float = 0.0
+    """The cycle's ``--lq-penalty`` terms, summed, mean over processes (0 without it)."""
 
     @property
     def applied(self) -> bool:
-        """Whether the optimizer step was taken (its loss is finite)."""
-        return math.isfinite(self.loss)
+        """Whether the optimizer step was taken (its loss and penalty are finite)."""
+        return math.isfinite(self.loss) and math.isfinite(self.penalty)

@@ -29,7 +29,7 @@ def train(ctx: RunContext) -> None:
     ctx.start, ctx.seen_units = time.perf_counter(), 0
     ctx.last_save = time.monotonic()
     ctx.model.train()
-    ctx.running_loss = torch.zeros(())
+    ctx.running_loss, ctx.running_penalty = torch.zeros(()), torch.zeros(())
     while ctx.result.global_step < ctx.total and not ctx.stop:
         if train_epoch(ctx):
             break
@@ -63,12 +63,13 @@ def nonfinite_step(ctx: RunContext, step: OptimizerStep) -> bool:
     """A step whose loss was not finite (not applied): record it; True to train on (``--nan-policy skip``),
     False to stop (``stop``: the model stays that of the last finite step)."""
     result, number = ctx.result, ctx.result.global_step + 1
+    what = f"training loss ({step.loss})" if not math.isfinite(step.loss) else f"L_q penalty term ({step.penalty})"
     result.nonfinite_loss_steps.append(number)
     if ctx.args.nan_policy == "skip":
         result.skipped_steps += 1
-        logger.warning(f"[{ctx.name}] step {number}: non-finite training loss ({step.loss}), step skipped")
+        logger.warning(f"[{ctx.name}] step {number}: non-finite {what}, step skipped")
         return True
-    reason = f"non-finite training loss ({step.loss}) at step {number}"
+    reason = f"non-finite {what} at step {number}"
     result.stopped_early = {"step": number, "reason": reason}
     logger.warning(
         f"[{ctx.name}] stopped: {reason}; the model of step {result.global_step} (the last finite one) is evaluated "
@@ -90,6 +91,7 @@ def train_step(ctx: RunContext, batch: Batch) -> OptimizerStep | None:
             term = lq()
             accelerator.backward(loss + term)
             ctx.penalty_terms.append(term.detach())
+            ctx.running_penalty = ctx.running_penalty.to(loss.device) + term.detach().float()
         else:
             accelerator.backward(loss)
         ctx.running_loss = ctx.running_loss.to(loss.device) + loss.detach().float() / args.gradient_accumulation_steps
@@ -98,8 +100,8 @@ def train_step(ctx: RunContext, batch: Batch) -> OptimizerStep | None:
             # clip_grad_norm_ returns the norm before clipping; max_norm=inf only measures it
             clip = args.max_grad_norm if args.max_grad_norm > 0 else math.inf
             grad_norm = accelerator.clip_grad_norm_(ctx.model.parameters(), clip)
-            avg, norm = _synced(ctx, grad_norm)
-            applied = math.isfinite(avg)
+            avg, penalty, norm = _synced(ctx, grad_norm)
+            applied = math.isfinite(avg) and math.isfinite(penalty)
         # a step with a non-finite loss is not applied, and the schedule waits (as on an fp16 overflow); under
         # fp16 the gradient scaler skips it by itself (its gradients are not finite) and must see the step
         if applied or accelerator.scaler is not None:
@@ -114,18 +116,20 @@ def train_step(ctx: RunContext, batch: Batch) -> OptimizerStep | None:
     if not accelerator.sync_gradients:
         return None
     ctx.running_loss = torch.zeros((), device=loss.device)
-    return OptimizerStep(lr=step_lr, loss=avg, grad_norm=norm, device=loss.device)
+    ctx.running_penalty = torch.zeros((), device=loss.device)
+    return OptimizerStep(lr=step_lr, loss=avg, grad_norm=norm, device=loss.device, penalty=penalty)
 
 
-def _synced(ctx: RunContext, grad_norm: torch.Tensor | float | None) -> tuple[float, float]:
-    """(the cycle's loss, mean over every process's batch as one process would see it; the gradient norm):
-    one sync per optimizer step, for the step's decision, the log, the progress bar and the norm."""
-    running = ctx.running_loss
+def _synced(ctx: RunContext, grad_norm: torch.Tensor | float | None) -> tuple[float, float, float]:
+    """(the cycle's loss and L_q penalty, means over every process's batch as one process would see them;
+    the gradient norm): one sync per optimizer step, for the step's decision, the log, the progress bar and
+    the norm."""
+    running = torch.stack([ctx.running_loss, ctx.running_penalty.to(ctx.running_loss.device)])
     if ctx.accelerator.num_processes > 1:
         running = ctx.accelerator.reduce(running, reduction="mean")
     norm_t = torch.as_tensor(float("nan") if grad_norm is None else grad_norm, dtype=running.dtype)
-    avg, norm = torch.stack([running, norm_t.to(running.device)]).tolist()
-    return avg, norm
+    avg, penalty, norm = torch.cat([running, norm_t.to(running.device).reshape(1)]).tolist()
+    return avg, penalty, norm
 
 
 def record_step(ctx: RunContext, step: OptimizerStep) -> None:
