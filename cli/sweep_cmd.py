@@ -152,6 +152,10 @@ def sweep(
     The dropout baseline is the q=2 run (finetune's baseline is the same patch
     at q=2), trained once per p, penalty weight and seed as part of the grid.
 
+    Every run keeps the model of its best evaluation (finetune's
+    --load-best-model-at-end, on by default here; --no-load-best-model-at-end
+    keeps the last model): the summaries compare best models.
+
     Rerunning the same command resumes: runs with a metrics.json are skipped,
     unfinished ones restart, or continue from their latest checkpoint when
     trained with --save-steps. Under accelerate launch every process runs
