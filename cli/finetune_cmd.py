@@ -11,7 +11,17 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperCommand
 
-from hf_sparseout.training.args import BASELINES, NOISE_MODES, PRECISIONS, SCHEDULERS, TASKS, FinetuneArgs, help_for
+from hf_sparseout.training.args import (
+    BASELINES,
+    BEST_METRICS,
+    NAN_POLICIES,
+    NOISE_MODES,
+    PRECISIONS,
+    SCHEDULERS,
+    TASKS,
+    FinetuneArgs,
+    help_for,
+)
 from hf_sparseout_cli.errors import CliError, run_job
 from hf_sparseout_cli.options import (
     AttentionMode,
@@ -58,6 +68,8 @@ Noise = choice_enum(
     "Noise", NOISE_MODES, "Sparseout's noise scale: the paper's, or matched to dropout's total variance."
 )
 Precision = choice_enum("Precision", PRECISIONS, "accelerate's mixed precision.")
+NanPolicy = choice_enum("NanPolicy", NAN_POLICIES, "What a non-finite training loss does.")
+BestMetric = choice_enum("BestMetric", BEST_METRICS, "The metric that picks the best evaluation.")
 
 
 def option(name: str, panel: str, *param_decls: str) -> Any:
@@ -164,6 +176,20 @@ def finetune(
     resume_from_checkpoint: Annotated[
         str | None, option("resume_from_checkpoint", TRAIN)
     ] = DEFAULTS.resume_from_checkpoint,
+    nan_policy: Annotated[NanPolicy, option("nan_policy", TRAIN)] = NanPolicy(DEFAULTS.nan_policy),
+    load_best_model_at_end: Annotated[
+        bool | None,
+        option("load_best_model_at_end", TRAIN, "--load-best-model-at-end/--no-load-best-model-at-end"),
+    ] = DEFAULTS.load_best_model_at_end,
+    metric_for_best_model: Annotated[
+        BestMetric | None, option("metric_for_best_model", TRAIN)
+    ] = DEFAULTS.metric_for_best_model,
+    greater_is_better: Annotated[
+        bool | None, option("greater_is_better", TRAIN, "--greater-is-better/--no-greater-is-better")
+    ] = DEFAULTS.greater_is_better,
+    early_stopping_patience: Annotated[
+        int | None, option("early_stopping_patience", TRAIN)
+    ] = DEFAULTS.early_stopping_patience,
     report_to: Annotated[list[str] | None, option("report_to", OUT)] = None,  # -> ["none"]: DEFAULT_MAPPED
     output_dir: Annotated[str, option("output_dir", OUT)] = DEFAULTS.output_dir,
     overwrite_output_dir: Annotated[

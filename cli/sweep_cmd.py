@@ -156,6 +156,10 @@ def sweep(
     grid. With 0 in --p, the p=0 control (no noise at any site) is trained
     once per seed and penalty weight; every cell is compared with both.
 
+    Every run keeps the model of its best evaluation (finetune's
+    --load-best-model-at-end, on by default here; --no-load-best-model-at-end
+    keeps the last model): the summaries compare best models.
+
     Rerunning the same command resumes: runs with a metrics.json are skipped,
     unfinished ones restart, or continue from their latest checkpoint when
     trained with --save-steps. A run trained with other options than this

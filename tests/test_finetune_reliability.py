@@ -100,12 +100,12 @@ def test_non_empty_dir_hint_offers_resume_only_when_there_is_a_checkpoint(tmp_pa
 
 
 def test_interrupt_without_a_checkpoint_says_there_is_nothing_to_resume(tmp_path, monkeypatch):
-    from hf_sparseout.training import loop
+    from hf_sparseout.training import eval_record
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(loop, "evaluate", interrupted)  # the first eval: after training, before any checkpoint
+    monkeypatch.setattr(eval_record, "evaluate", interrupted)  # the first eval: after training, before any checkpoint
     data = write_text_corpus(tmp_path / "txt")
     result = _fails(
         tmp_path / "out", "--dataset", str(data), *FAST, "--max-steps", "2", expect="nothing to resume", code=130
@@ -229,9 +229,7 @@ def test_block_size_beyond_the_models_positions(tmp_path):
 
 def test_invalid_regex_in_targets(tmp_path):
     data = write_text_corpus(tmp_path / "txt")
-    _fails(
-        tmp_path / "out", "--dataset", str(data), *FAST, "--targets", "re:h.(0", expect="invalid regex"
-    )
+    _fails(tmp_path / "out", "--dataset", str(data), *FAST, "--targets", "re:h.(0", expect="invalid regex")
 
 
 def test_classification_on_a_model_type_without_that_head(tmp_path):

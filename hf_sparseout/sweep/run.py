@@ -188,6 +188,7 @@ def sweep(
     but the shared option (same directory layout as without it). ``args`` holds the options shared by
     every run; ``args.overwrite_output_dir`` retrains every run, ``args.baseline=False`` adds no q = 2
     runs. Finished runs are skipped, interrupted ones resumed (see the module docstring).
+    ``args.load_best_model_at_end`` None (not given) is on: every run keeps its best evaluation's model.
     ``UsageError`` for a bad grid or options, before anything is written.
     """
     import torch
@@ -197,6 +198,8 @@ def sweep(
         raise UsageError("a sweep resumes by itself: drop --resume-from-checkpoint", "rerun the same sweep command")
     if args.push_to_hub or args.hub_model_id:
         raise UsageError("a sweep does not push to the Hub", "push one run with hf-sparseout push")
+    if args.load_best_model_at_end is None:  # a sweep compares the best model of every run by default
+        args = dataclasses.replace(args, load_best_model_at_end=True)
     ps = [args.p] if ps is None else list(ps)
     args, noises, lq_penalties = _single_values_as_options(args, noises, lq_penalties)
     lq_q = args.lq_q

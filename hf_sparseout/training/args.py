@@ -15,7 +15,9 @@ from hf_sparseout.training.patterns import check_patterns
 __all__ = [
     "ATTENTION_MODES",
     "BASELINES",
+    "BEST_METRICS",
     "GRADIENT_MODES",
+    "NAN_POLICIES",
     "NOISE_MODES",
     "PRECISIONS",
     "SCHEDULERS",
@@ -79,6 +81,12 @@ NUMBER_RULES: dict[str, tuple[Any, str, str]] = {
 
 def _option(name: str) -> str:
     return "--" + name.replace("_", "-")
+
+
+NAN_POLICIES = ("stop", "skip")
+"""``--nan-policy``: what a non-finite training loss does (the step is never applied)."""
+BEST_METRICS = ("perplexity", "eval_loss", "accuracy", "f1_macro", "hoyer", "relative_near_zero_fraction")
+"""``--metric-for-best-model``: the evaluation's metrics (accuracy and f1_macro for classification only)."""
 
 
 @dataclass
@@ -226,6 +234,45 @@ class FinetuneArgs:
         },
     )
     save_total_limit: int | None = field(default=2, metadata={"help": "Keep only the last N checkpoints."})
+    nan_policy: str = field(
+        default="stop",
+        metadata={
+            "help": "A non-finite training loss or --lq-penalty term (over processes and the accumulation cycle): "
+            "its step is never applied; stop ends training there (the model of the last finite step is evaluated "
+            "and saved, metrics.json stopped_early) or skip goes on (skipped_steps in metrics.json; the schedule "
+            "does not advance, as on an fp16 overflow).",
+            "choices": NAN_POLICIES,
+        },
+    )
+    load_best_model_at_end: bool | None = field(
+        default=None,
+        metadata={
+            "help": "At the end, load the weights of the best evaluation (--metric-for-best-model): the final "
+            "evaluation, sparsity curve, thresholds, saved model and card describe it; metrics.json keeps the last "
+            "step's figures under 'last' and records best_step. Default: off for finetune, on for sweep."
+        },
+    )
+    metric_for_best_model: str | None = field(
+        default=None,
+        metadata={
+            "help": "The metric that picks the best evaluation. Default: perplexity (causal LM) or accuracy.",
+            "choices": BEST_METRICS,
+        },
+    )
+    greater_is_better: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Whether a higher --metric-for-best-model is better. Default: inferred (accuracy, f1_macro and "
+            "the sparsity metrics higher; eval_loss and perplexity lower)."
+        },
+    )
+    early_stopping_patience: int | None = field(
+        default=None,
+        metadata={
+            "help": "Stop after this many evaluations in a row without improving --metric-for-best-model "
+            "(needs --load-best-model-at-end and --eval-steps)."
+        },
+    )
     output_dir: str = field(
         default="hf-sparseout-run", metadata={"help": "Where the model, metrics.json, report.md and plots go."}
     )
@@ -325,6 +372,28 @@ class FinetuneArgs:
                 )
         check_patterns(self)
         self._validate_sparsity_curve()
+        self._validate_best_model()
+
+    def _validate_best_model(self) -> None:
+        """``--nan-policy`` in its vocabulary; the best-model options only with ``--load-best-model-at-end``."""
+        if self.nan_policy not in NAN_POLICIES:
+            raise UsageError(f"--nan-policy must be one of {', '.join(NAN_POLICIES)}, got {self.nan_policy!r}")
+        if self.metric_for_best_model is not None and self.metric_for_best_model not in BEST_METRICS:
+            raise UsageError(
+                f"--metric-for-best-model must be one of {', '.join(BEST_METRICS)}, got {self.metric_for_best_model!r}"
+            )
+        if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
+            raise UsageError(f"--early-stopping-patience must be >= 1, got {self.early_stopping_patience}")
+        given = [
+            f"--{name.replace('_', '-')}"
+            for name in ("metric_for_best_model", "greater_is_better", "early_stopping_patience")
+            if getattr(self, name) is not None
+        ]
+        if given and not self.load_best_model_at_end:
+            raise UsageError(
+                f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} only used with --load-best-model-at-end",
+                "add --load-best-model-at-end, or drop " + ", ".join(given),
+            )
 
     def _validate_sparsity_curve(self) -> None:
         """``--sparsity-targets`` parsed to floats in [0, 1); targets or sites without the curve are errors."""
@@ -374,6 +443,8 @@ class FinetuneArgs:
         """
         if self.baseline is None:
             self.baseline = self.offline_default
+        if self.load_best_model_at_end is None:
+            self.load_best_model_at_end = False
         if self.lq_penalty is not None and self.lq_q is None:
             self.lq_q = 1.0
         if self.epochs is None:

@@ -19,6 +19,8 @@ from hf_sparseout.training.diagnostics import EvalRecord
 if TYPE_CHECKING:
     from accelerate import Accelerator
 
+    from hf_sparseout.training.best_model import BestRecord
+
 STATE_FILE = "trainer_state.json"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
@@ -39,6 +41,9 @@ class CheckpointState(_Position, total=False):
     signature: dict[str, str | int | float]
     init: dict[str, float]
     grad_norms: list[tuple[int, float]]
+    nonfinite_loss_steps: list[int]
+    skipped_steps: int
+    best: BestRecord | None
 
 
 def run_dir(output_dir: str | Path, run: str) -> Path:

@@ -50,8 +50,9 @@ def best_eval(evals: Sequence[EvalRecord], task: str) -> dict[str, float | int]:
 
 
 def mean_since(train_loss: Sequence[Sequence[float]], after_step: int, up_to_step: int) -> float | None:
-    """Mean of the logged training losses with ``after_step < step <= up_to_step`` (``None`` if none)."""
-    values = [loss for step, loss in train_loss if after_step < step <= up_to_step]
+    """Mean of the finite logged training losses with ``after_step < step <= up_to_step`` (``None`` if none;
+    a step skipped by ``--nan-policy skip`` has a non-finite loss)."""
+    values = [loss for step, loss in train_loss if after_step < step <= up_to_step and math.isfinite(loss)]
     return sum(values) / len(values) if values else None
 
 

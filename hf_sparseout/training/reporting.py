@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from hf_sparseout.optional import require_matplotlib
 from hf_sparseout.training.args import FinetuneArgs
@@ -118,6 +118,7 @@ def write_metrics(
                 "throughput_unit": r.throughput_unit,
                 "peak_memory_mb": r.peak_memory_mb,
                 **({"sparsity_curve": r.curve.to_dict()} if r.curve is not None else {}),
+                **run_outcome(r),
             }
             for r in results
         },
@@ -125,6 +126,40 @@ def write_metrics(
     path = out / "metrics.json"
     path.write_text(json.dumps(data, indent=2, default=float))
     return path
+
+
+def run_outcome(result: RunResult) -> dict[str, Any]:
+    """metrics.json's record of how a run ended: a stop before its last step, non-finite losses, analyses
+    that failed and, with ``--load-best-model-at-end``, the best evaluation (``best_step``) and the last
+    step's figures (``last``; ``final`` is the kept model's evaluation)."""
+    outcome: dict[str, Any] = {
+        "stopped_early": result.stopped_early,
+        "nonfinite_loss_steps": result.nonfinite_loss_steps,
+        "skipped_steps": result.skipped_steps,
+        "analysis_errors": result.analysis_errors,
+    }
+    if result.best is not None:
+        outcome.update(best=result.best, best_step=result.best["step"], last=result.last, final=result.final)
+    return outcome
+
+
+def notes(results: list[RunResult]) -> list[str]:
+    """One line per thing a reader of the summary must know: early stops, skipped steps, the best model
+    kept, analyses that failed."""
+    lines = []
+    for r in results:
+        if r.stopped_early:
+            lines.append(f"{r.name}: stopped at step {r.stopped_early['step']}: {r.stopped_early['reason']}")
+        if r.skipped_steps:
+            skipped = r.nonfinite_loss_steps
+            lines.append(f"{r.name}: {r.skipped_steps} step(s) with a non-finite training loss skipped: {skipped}")
+        if r.best is not None and r.best_final is not None:
+            lines.append(
+                f"{r.name}: the model kept is the best evaluation's (step {r.best['step']}, "
+                f"{r.best['metric']}={r.best['value']:.6g}); the last step's figures are under 'last' in metrics.json"
+            )
+        lines += [f"{r.name}: {error}" for error in r.analysis_errors.values()]
+    return lines
 
 
 def write_plots(out: Path, results: list[RunResult], task: str) -> dict[str, str]:
@@ -260,6 +295,8 @@ def write_report(out: Path, args: FinetuneArgs, results: list[RunResult], task: 
                 "models pass dropout 0 to attention in eval, so an eval pass never reaches them (not measured).",
             ]
     lines += _curve_lines(results, cell)
+    if run_notes := notes(results):
+        lines += ["", "## Notes", "", *(f"- {line}" for line in run_notes)]
     lines += [
         "",
         "hoyer_init: the untrained model on the same eval data. train_loss: mean training loss (training mode, "
@@ -335,6 +372,8 @@ def print_summary(results: list[RunResult], task: str) -> None:
     console = wide_console()
     title = f"hf-sparseout finetune ({task})"
     console.print(summary_table(summary_rows(results, task), key, console.width, bounds, title))
+    for line in notes(results):
+        console.print(line, markup=False, highlight=False)
 
 
 def wide_console() -> Console:

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hf_sparseout.errors import HfSparseoutError
-from hf_sparseout.hub import write_model_card
 from hf_sparseout.integrations.distributed import check_launch
 from hf_sparseout.library_noise import quiet_known_library_messages
 from hf_sparseout.logs import get_logger
@@ -16,11 +15,13 @@ from hf_sparseout.optional import MATPLOTLIB, require
 from hf_sparseout.outdir_lock import entries, hold_output_dir, refuse_if_held
 from hf_sparseout.training import checkpoints, reporting, run_names
 from hf_sparseout.training.args import FinetuneArgs, UsageError
+from hf_sparseout.training.best_model import check_metric
 from hf_sparseout.training.data import check_dataset_source, infer_task, load_raw, pick_splits, prepare, text_column
-from hf_sparseout.training.loop import RunInputs, RunResult, run, save_final, sparseout_config
+from hf_sparseout.training.loop import RunInputs, RunResult, analyse, save_final, sparseout_config, train_run
 from hf_sparseout.training.modeling import build_model, config_from, default_model, load_tokenizer, train_tokenizer
+from hf_sparseout.training.run_files import RunFiles
 from hf_sparseout.training.run_options import RUN_OPTIONS_FILE, write_run_options
-from hf_sparseout.training.threshold_curve import save_thresholds, split_calibration
+from hf_sparseout.training.threshold_curve import split_calibration
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -252,6 +253,7 @@ def _train(args: FinetuneArgs, out: Path, end_training: bool) -> FinetuneOutcome
     task = args.task or ("causal-lm" if args.dataset is None else None)
     raw, source, dataset_names = load_raw(args, task or "causal-lm")
     task = task or infer_task(raw, args)
+    check_metric(args.metric_for_best_model, task)  # --metric-for-best-model is measured for this task
     model_name, from_config = default_model(args, task)
     tokenizer_name = args.tokenizer or model_name
     train, evaluation = pick_splits(raw, args, task)
@@ -291,32 +293,33 @@ def _train(args: FinetuneArgs, out: Path, end_training: bool) -> FinetuneOutcome
         write_run_options(out, args, task)
     try:
         # The controls share the seed, data order and sites; only the main run gets --lq-penalty.
-        results = [run(inputs, run_names.main_name(args), args.q, penalty=True)]
+        contexts = [train_run(inputs, run_names.main_name(args), args.q, penalty=True)]
         for name in control_runs(args.baseline):
-            results.append(run(inputs, name, 2.0, p=0.0 if name == run_names.P0 else None))
+            contexts.append(train_run(inputs, name, 2.0, p=0.0 if name == run_names.P0 else None))
     except HfSparseoutError:  # bad input found while preparing a run (a pattern matching nothing): leave nothing
         if accelerator.is_main_process and not _checkpoints_in(out):
             (out / RUN_OPTIONS_FILE).unlink(missing_ok=True)
         raise
+    results = [ctx.result for ctx in contexts]
     # the main run's model at the top, each control's in its directory
     directories = [out, *(out / run_names.run_directory(args, result.name) for result in results[1:])]
+    # What the runs produced is saved before anything optional that can fail: models, then their files.
     for result, directory in zip(results, directories, strict=True):
         save_final(result, accelerator, tokenizer, directory)
-    files: dict[str, str] = {}
-    if accelerator.is_main_process:
-        for result, directory in zip(results, directories, strict=True):
-            if result.curve is not None:  # thresholds saved with the model they were calibrated on
-                files[f"thresholds_{result.name}"] = str(save_thresholds(result.curve, directory))
-        files["metrics"] = str(reporting.write_metrics(out, args, results, task, source, accelerator.num_processes))
-        files.update({k: str(out / v) for k, v in reporting.write_plots(out, results, task).items()})
-        files["report"] = str(reporting.write_report(out, args, results, task, source))
-        files["run"] = str(reporting.write_run_file(out, args, results, task, dataset_names, from_config is not None))
-        files["card"] = str(write_model_card(out, repo_id=args.hub_model_id))
-        if args.push_to_hub:
-            files["pushed_to"] = _push(out, args)
+    report = RunFiles(out, args, results, task, source, dataset_names, from_config is not None)
+    files = report.write(accelerator)
+    if args.sparsity_curve:  # the optional analyses, then their figures (or errors) into the same files
+        for ctx in contexts:
+            analyse(ctx)
+        files = report.write(accelerator, directories)
+    if accelerator.is_main_process and args.push_to_hub:
+        files["pushed_to"] = _push(out, args)
     if end_training:
         accelerator.end_training()
     else:
         for tracker in accelerator.trackers:
             tracker.finish()
+    refused = next((r.refused for r in results if r.refused is not None), None)
+    if refused is not None:  # an analysis refused for the options: everything is on disk, exit 2 with the hint
+        raise refused
     return FinetuneOutcome(task, results, out, files, is_main_process=accelerator.is_main_process)
