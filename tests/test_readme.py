@@ -63,3 +63,18 @@ def test_every_relative_link_resolves() -> None:
             elif not (doc.parent / path).exists():
                 broken.append(f"{doc.name}: {target}")
     assert not broken
+
+
+def test_every_code_fence_is_closed() -> None:
+    """An unclosed fence turns the rest of the page into code (it happened to README's examples)."""
+    for page in [README, *sorted((ROOT / "docs").glob("*.md"))]:
+        opening = None
+        for number, line in enumerate(page.read_text().splitlines(), 1):
+            if line.startswith("```"):
+                if opening is None:
+                    opening = number
+                elif line.strip() == "```":
+                    opening = None
+                else:  # a fence with a language while one is open: the previous one was never closed
+                    raise AssertionError(f"{page.name}:{opening}: fence not closed before line {number}")
+        assert opening is None, f"{page.name}:{opening}: fence never closed"
