@@ -34,6 +34,10 @@ SCHEDULERS = ("linear", "cosine", "constant")
 PRECISIONS = ("no", "fp16", "bf16")
 BASELINES = ("dropout", "none", "both")
 """``--baseline`` kinds: plain dropout at the same sites (q = 2), p = 0 at the same sites, or both."""
+NAN_POLICIES = ("stop", "skip")
+"""``--nan-policy``: what a non-finite training loss does (the step is never applied)."""
+BEST_METRICS = ("perplexity", "eval_loss", "accuracy", "f1_macro", "hoyer", "relative_near_zero_fraction")
+"""``--metric-for-best-model``: the evaluation's metrics (accuracy and f1_macro for classification only)."""
 CHOICES = {
     "task": TASKS,
     "lr_scheduler": SCHEDULERS,
@@ -42,6 +46,8 @@ CHOICES = {
     "noise": NOISE_MODES,
     "attention": ATTENTION_MODES,
     "gradient": GRADIENT_MODES,
+    "nan_policy": NAN_POLICIES,
+    "metric_for_best_model": BEST_METRICS,
 }
 """Each option with a vocabulary, and that vocabulary (``baseline`` may also be a bool: True is ``dropout``)."""
 
@@ -76,17 +82,12 @@ NUMBER_RULES: dict[str, tuple[Any, str, str]] = {
     "seed": (lambda v: 0 <= v <= MAX_SEED, f"in [0, {MAX_SEED}]", "42"),
     "lq_penalty": (lambda v: v > 0 and _finite(v), "a finite weight > 0", "1e-3"),
     "lq_q": (lambda v: v > 0 and _finite(v), "a finite exponent > 0", "1"),
+    "early_stopping_patience": (lambda v: v >= 1, ">= 1", "5"),
 }
 
 
 def _option(name: str) -> str:
     return "--" + name.replace("_", "-")
-
-
-NAN_POLICIES = ("stop", "skip")
-"""``--nan-policy``: what a non-finite training loss does (the step is never applied)."""
-BEST_METRICS = ("perplexity", "eval_loss", "accuracy", "f1_macro", "hoyer", "relative_near_zero_fraction")
-"""``--metric-for-best-model``: the evaluation's metrics (accuracy and f1_macro for classification only)."""
 
 
 @dataclass
@@ -375,15 +376,7 @@ class FinetuneArgs:
         self._validate_best_model()
 
     def _validate_best_model(self) -> None:
-        """``--nan-policy`` in its vocabulary; the best-model options only with ``--load-best-model-at-end``."""
-        if self.nan_policy not in NAN_POLICIES:
-            raise UsageError(f"--nan-policy must be one of {', '.join(NAN_POLICIES)}, got {self.nan_policy!r}")
-        if self.metric_for_best_model is not None and self.metric_for_best_model not in BEST_METRICS:
-            raise UsageError(
-                f"--metric-for-best-model must be one of {', '.join(BEST_METRICS)}, got {self.metric_for_best_model!r}"
-            )
-        if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
-            raise UsageError(f"--early-stopping-patience must be >= 1, got {self.early_stopping_patience}")
+        """The best-model options only with ``--load-best-model-at-end`` (values: ``CHOICES``, ``NUMBER_RULES``)."""
         given = [
             f"--{name.replace('_', '-')}"
             for name in ("metric_for_best_model", "greater_is_better", "early_stopping_patience")
