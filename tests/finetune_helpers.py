@@ -62,6 +62,18 @@ def invoke(*args: str):
     return invoke_cli("finetune", *args)
 
 
+def finetune_ok(out: Path, *args: str):
+    """``hf-sparseout finetune --output-dir OUT ARGS`` in-process, which must exit 0; the CliRunner result."""
+    result = invoke("--output-dir", str(out), *args)
+    assert result.exit_code == 0, result.output[-3000:]
+    return result
+
+
+def read_metrics(out: Path) -> dict:
+    """``OUT/metrics.json``."""
+    return json.loads((Path(out) / "metrics.json").read_text())
+
+
 def json_tail(output: str) -> dict:
     """The JSON object printed last by --format json."""
     return json.loads(

@@ -14,7 +14,17 @@ import math
 
 import pytest
 import torch
-from finetune_helpers import FAST, LAUNCH, SINGLE, invoke, invoke_cli, run_metrics, write_text_corpus
+from finetune_helpers import (
+    FAST,
+    LAUNCH,
+    SINGLE,
+    finetune_ok,
+    invoke,
+    invoke_cli,
+    read_metrics,
+    run_metrics,
+    write_text_corpus,
+)
 from model_faults import same_weights, saved_weights
 
 from hf_sparseout.training import best_model
@@ -128,16 +138,6 @@ def test_sweep_turns_it_on_unless_told_not_to(tmp_path, monkeypatch):
 # -- end to end --------------------------------------------------------------------------------------------
 
 
-def _metrics(out):
-    return json.loads((out / "metrics.json").read_text())
-
-
-def _ok(out, *args):
-    result = invoke("--output-dir", str(out), *args)
-    assert result.exit_code == 0, result.output[-3000:]
-    return result
-
-
 def _expected(evals, metric="eval_loss", greater=True, patience=None):
     """(best step, stop step) by Trainer's rules over recorded evaluations."""
     record = best_model.new_record(metric, greater)
@@ -156,13 +156,13 @@ def data(tmp_path_factory):
 @pytest.fixture(scope="module")
 def best_run(tmp_path_factory, data):
     out = tmp_path_factory.mktemp("best") / "run"
-    _ok(out, "--dataset", str(data), *CONSTANT, *BEST, *CURVE, "--max-steps", "6", "--save-steps", "2")
+    finetune_ok(out, "--dataset", str(data), *CONSTANT, *BEST, *CURVE, "--max-steps", "6", "--save-steps", "2")
     return out
 
 
 @pytest.mark.slow  # two training runs
 def test_the_kept_model_is_the_model_of_the_best_step(tmp_path, data, best_run):
-    run = _metrics(best_run)["runs"]["sparseout"]
+    run = read_metrics(best_run)["runs"]["sparseout"]
     best_step, _ = _expected(run["evals"])
     assert best_step < 6, "the test needs a best evaluation before the last"
     assert run["best_step"] == best_step and run["best"]["step"] == best_step
@@ -171,13 +171,13 @@ def test_the_kept_model_is_the_model_of_the_best_step(tmp_path, data, best_run):
     # the final evaluation is a new pass over the reloaded copy: the same figures as at the best step
     assert run["final"]["eval_loss"] == pytest.approx(at_best["eval_loss"], rel=1e-6)
     assert run["final"]["hoyer"] == pytest.approx(at_best["hoyer"], rel=1e-6)
-    assert _metrics(best_run)["summary"][0]["eval_loss"] == run["final"]["eval_loss"]
+    assert read_metrics(best_run)["summary"][0]["eval_loss"] == run["final"]["eval_loss"]
     reference = tmp_path / "reference"
-    _ok(reference, "--dataset", str(data), *CONSTANT, *CURVE, "--max-steps", str(best_step))
+    finetune_ok(reference, "--dataset", str(data), *CONSTANT, *CURVE, "--max-steps", str(best_step))
     assert same_weights(saved_weights(best_run), saved_weights(reference))
     # the curve and its thresholds were calibrated on the best model, not on the last one
     assert (best_run / "thresholds.json").read_text() == (reference / "thresholds.json").read_text()
-    kept_curve, reference_curve = run["sparsity_curve"], _metrics(reference)["runs"]["sparseout"]["sparsity_curve"]
+    kept_curve, reference_curve = run["sparsity_curve"], read_metrics(reference)["runs"]["sparseout"]["sparsity_curve"]
     assert kept_curve["points"] == reference_curve["points"]
     card = json.loads((best_run / "hf_sparseout_run.json").read_text())
     assert card["results"]["sparseout"]["eval_loss"] == run["final"]["eval_loss"]
@@ -188,10 +188,10 @@ def test_the_kept_model_is_the_model_of_the_best_step(tmp_path, data, best_run):
 @pytest.mark.slow  # one training run
 def test_early_stopping_stops_after_patience_evaluations_without_improvement(tmp_path, data):
     out = tmp_path / "out"
-    _ok(out, "--dataset", str(data), *CONSTANT, *BEST, "--max-steps", "16", "--early-stopping-patience", "2")
-    run = _metrics(out)["runs"]["sparseout"]
+    finetune_ok(out, "--dataset", str(data), *CONSTANT, *BEST, "--max-steps", "16", "--early-stopping-patience", "2")
+    run = read_metrics(out)["runs"]["sparseout"]
     best_step, stop_step = _expected(run["evals"], patience=2)
-    assert stop_step < 16 and _metrics(out)["summary"][0]["steps"] == stop_step
+    assert stop_step < 16 and read_metrics(out)["summary"][0]["steps"] == stop_step
     assert run["stopped_early"]["step"] == stop_step and "early stopping" in run["stopped_early"]["reason"]
     assert [e["step"] for e in run["evals"]][-1] == stop_step  # no second evaluation at the stop
     assert run["best_step"] == best_step and run["final"]["step"] == best_step
@@ -213,8 +213,8 @@ def test_an_interrupted_run_resumes_with_the_best_so_far(tmp_path, data, best_ru
     with monkeypatch.context() as patch:
         patch.setattr(steps, "record_step", interrupt_at_5)
         assert invoke("--output-dir", str(out), *args).exit_code == 130
-    _ok(out, *args, "--resume-from-checkpoint", "latest")
-    resumed, whole = _metrics(out)["runs"]["sparseout"], _metrics(best_run)["runs"]["sparseout"]
+    finetune_ok(out, *args, "--resume-from-checkpoint", "latest")
+    resumed, whole = read_metrics(out)["runs"]["sparseout"], read_metrics(best_run)["runs"]["sparseout"]
     assert resumed["best"] == whole["best"] and resumed["final"]["step"] == whole["final"]["step"]
     assert same_weights(saved_weights(out), saved_weights(best_run))
 

@@ -13,7 +13,7 @@ import subprocess
 
 import pytest
 import torch
-from finetune_helpers import FAST, invoke, write_labelled_csv, write_text_corpus
+from finetune_helpers import FAST, finetune_ok, invoke, write_labelled_csv, write_text_corpus
 
 from hf_sparseout.training import checkpoints
 
@@ -26,12 +26,6 @@ def _fails(out, *args, expect: str, code: int = 2):
     result = invoke("--output-dir", str(out), *args)
     assert result.exit_code == code, result.output[-3000:]
     assert expect in _flat(result.output), result.output[-3000:]
-    return result
-
-
-def _ok(out, *args):
-    result = invoke("--output-dir", str(out), *args)
-    assert result.exit_code == 0, result.output[-3000:]
     return result
 
 
@@ -68,7 +62,7 @@ def test_symlinked_output_dir_saves_into_its_target(tmp_path):
     target.mkdir()
     link = tmp_path / "link"
     link.symlink_to(target, target_is_directory=True)
-    _ok(link, "--dataset", str(data), *FAST, "--max-steps", "2")
+    finetune_ok(link, "--dataset", str(data), *FAST, "--max-steps", "2")
     assert link.is_symlink() and (target / "model.safetensors").is_file() and (target / "metrics.json").is_file()
     assert not [p for p in tmp_path.iterdir() if ".saving-" in p.name]
 
@@ -77,12 +71,12 @@ def test_symlinked_output_dir_saves_into_its_target(tmp_path):
 def test_overwrite_removes_the_previous_runs_baseline_and_stale_staging(tmp_path):
     data = write_text_corpus(tmp_path / "txt")
     out = tmp_path / "out"
-    _ok(out, "--dataset", str(data), *FAST, "--max-steps", "1", "--baseline")
+    finetune_ok(out, "--dataset", str(data), *FAST, "--max-steps", "1", "--baseline")
     assert (out / "baseline" / "model.safetensors").is_file()
     stale = tmp_path / ".out.saving-999999999-deadbeef"  # left by a save that was SIGKILLed
     stale.mkdir()
     (stale / "model.safetensors").write_bytes(b"partial")
-    _ok(out, "--dataset", str(data), *FAST, "--max-steps", "1", "--overwrite-output-dir")
+    finetune_ok(out, "--dataset", str(data), *FAST, "--max-steps", "1", "--overwrite-output-dir")
     assert not (out / "baseline").exists() and not stale.exists()
     assert list(json.loads((out / "metrics.json").read_text())["runs"]) == ["sparseout"]
 
@@ -91,7 +85,7 @@ def test_overwrite_removes_the_previous_runs_baseline_and_stale_staging(tmp_path
 def test_non_empty_dir_hint_offers_resume_only_when_there_is_a_checkpoint(tmp_path):
     data = write_text_corpus(tmp_path / "txt")
     out = tmp_path / "out"
-    _ok(out, "--dataset", str(data), *FAST, "--max-steps", "1")
+    finetune_ok(out, "--dataset", str(data), *FAST, "--max-steps", "1")
     result = _fails(out, "--dataset", str(data), *FAST, expect="is not empty")
     assert "--resume-from-checkpoint" not in result.output and "--overwrite-output-dir" in result.output
 
@@ -135,14 +129,16 @@ def test_time_based_checkpoint_by_default(tmp_path):
     """--save-minutes (default 10) checkpoints long runs without --save-steps; a tiny value makes it due every step."""
     data = write_text_corpus(tmp_path / "txt")
     out = tmp_path / "out"
-    _ok(out, "--dataset", str(data), *FAST, "--max-steps", "3", "--save-minutes", "1e-9", "--save-total-limit", "5")
+    finetune_ok(
+        out, "--dataset", str(data), *FAST, "--max-steps", "3", "--save-minutes", "1e-9", "--save-total-limit", "5"
+    )
     assert [p.name for p in checkpoints.list_checkpoints(out / "checkpoints" / "sparseout")] == [
         "step-1",
         "step-2",
         "step-3",
     ]
     none = tmp_path / "none"
-    _ok(none, "--dataset", str(data), *FAST, "--max-steps", "3", "--save-minutes", "0")
+    finetune_ok(none, "--dataset", str(data), *FAST, "--max-steps", "3", "--save-minutes", "0")
     assert not (none / "checkpoints").exists()
 
 
@@ -153,7 +149,7 @@ def test_time_based_checkpoint_by_default(tmp_path):
 def checkpointed(tmp_path):
     data = write_text_corpus(tmp_path / "txt")
     out = tmp_path / "out"
-    _ok(out, "--dataset", str(data), *FAST, "--max-steps", "4", "--save-steps", "2", "--save-total-limit", "3")
+    finetune_ok(out, "--dataset", str(data), *FAST, "--max-steps", "4", "--save-steps", "2", "--save-total-limit", "3")
     return data, out, out / "checkpoints" / "sparseout"
 
 
