@@ -4,7 +4,9 @@
   ``HF_TOKEN`` and no token file; nothing leaves the machine.
 - ``run_dir``: one finetune-like run directory per module (tests/run_dirs.py), for tests that only read it.
 - accelerate's process state is reset after every test (autouse), so a test that builds an
-  ``Accelerator`` or runs ``finetune``/``sweep`` in-process leaves nothing behind for the next one.
+  ``Accelerator`` or runs ``finetune``/``sweep`` in-process leaves nothing behind for the next one;
+  so is the ``hf_sparseout`` logger (the CLI's ``logs.configure`` stops it propagating, which would hide
+  later tests' records from ``caplog``: seen with pytest 8.0 in the lowest-versions environment).
 
 Plain helpers (data writers, the in-process CLI runner, float64 references) live in the small
 modules next to this file (``finetune_helpers``, ``run_dirs``, ``fake_hub``, ``kernel_reference``, ...).
@@ -17,6 +19,19 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+
+@pytest.fixture(autouse=True)
+def _fresh_project_logger() -> Iterator[None]:
+    """Give the ``hf_sparseout`` logger its handlers, level and propagation back after the test."""
+    import logging
+
+    logger = logging.getLogger("hf_sparseout")
+    handlers, level, propagate = list(logger.handlers), logger.level, logger.propagate
+    yield
+    logger.handlers[:] = handlers
+    logger.setLevel(level)
+    logger.propagate = propagate
 
 
 @pytest.fixture(autouse=True)
