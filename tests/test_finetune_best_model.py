@@ -209,7 +209,8 @@ def test_an_interrupted_run_resumes_with_the_best_so_far(tmp_path, data, best_ru
         original(ctx, step)
 
     out = tmp_path / "out"
-    args = ["--dataset", str(data), *CONSTANT, *BEST, "--max-steps", "6", "--save-steps", "2"]
+    # the curve's options as in best_run: --sparsity-curve holds calibration examples out of training
+    args = ["--dataset", str(data), *CONSTANT, *BEST, *CURVE, "--max-steps", "6", "--save-steps", "2"]
     with monkeypatch.context() as patch:
         patch.setattr(steps, "record_step", interrupt_at_5)
         assert invoke("--output-dir", str(out), *args).exit_code == 130

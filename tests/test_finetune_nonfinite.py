@@ -101,7 +101,7 @@ def test_a_failing_curve_is_recorded_and_the_run_exits_0(tmp_path, data, monkeyp
 
     seen: dict[str, bool] = {}
 
-    def broken(ctx, reference):
+    def broken(ctx):
         out = tmp_path / "out"
         seen["saved_before"] = all((out / f).is_file() for f in ("model.safetensors", "metrics.json", "README.md"))
         raise RuntimeError("injected curve failure")
@@ -123,7 +123,7 @@ def test_a_curve_refused_for_its_options_exits_2_after_saving(tmp_path, data, mo
     from hf_sparseout.metrics.threshold_sites import ThresholdError
     from hf_sparseout.training import threshold_curve
 
-    def refused(ctx, reference):
+    def refused(ctx):
         raise ThresholdError("saw no activation in eval mode at x", "choose sites that eval reaches")
 
     monkeypatch.setattr(threshold_curve, "final_curve", refused)
