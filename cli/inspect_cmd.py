@@ -115,9 +115,9 @@ def inspect(
 
       hf-sparseout inspect ../shared/models/tiny-gpt2 --verify
 
-      hf-sparseout inspect ./my-bert --q 1.0 --exclude embeddings.dropout --attention sparseout --format json
+      hf-sparseout inspect minilm --q 1.0 --exclude embeddings.dropout --attention sparseout --format json
 
-      hf-sparseout inspect ./my-llama --p 0.1 --insert mlp.act_fn
+      hf-sparseout inspect path/to/my-llama --p 0.1 --insert mlp.act_fn
     """
     import hf_sparseout
     from hf_sparseout.loading import ModelNotAvailableError, load_model

