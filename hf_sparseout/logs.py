@@ -76,6 +76,17 @@ def configure(level: str = "info", stream: IO[str] | None = None) -> None:
     root.propagate = False
 
 
+def reset() -> None:
+    """Undo :func:`configure`: its handler removed, the level unset, records propagating again."""
+    global _handler
+    root = logging.getLogger(LOGGER_NAME)
+    if _handler is not None:
+        root.removeHandler(_handler)
+        _handler = None
+    root.setLevel(logging.NOTSET)
+    root.propagate = True
+
+
 @contextmanager
 def log_prefix(prefix: str) -> Iterator[None]:
     """Prefix every log line emitted inside the block (nested prefixes are joined)."""

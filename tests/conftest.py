@@ -5,8 +5,8 @@
 - ``run_dir``: one finetune-like run directory per module (tests/run_dirs.py), for tests that only read it.
 - accelerate's process state is reset after every test (autouse), so a test that builds an
   ``Accelerator`` or runs ``finetune``/``sweep`` in-process leaves nothing behind for the next one;
-  so is the ``hf_sparseout`` logger (the CLI's ``logs.configure`` stops it propagating, which would hide
-  later tests' records from ``caplog``: seen with pytest 8.0 in the lowest-versions environment).
+  so is the ``hf_sparseout`` logger (``logs.reset``: the CLI's ``logs.configure`` leaves a handler on the
+  test's closed output and stops the logger propagating, which hid later tests' records from ``caplog``).
 
 Plain helpers (data writers, the in-process CLI runner, float64 references) live in the small
 modules next to this file (``finetune_helpers``, ``run_dirs``, ``fake_hub``, ``kernel_reference``, ...).
@@ -23,15 +23,12 @@ import pytest
 
 @pytest.fixture(autouse=True)
 def _fresh_project_logger() -> Iterator[None]:
-    """Give the ``hf_sparseout`` logger its handlers, level and propagation back after the test."""
-    import logging
-
-    logger = logging.getLogger("hf_sparseout")
-    handlers, level, propagate = list(logger.handlers), logger.level, logger.propagate
+    """Undo the CLI's ``logs.configure`` after the test: its handler wrote to the test's (now closed)
+    output, and it stops the ``hf_sparseout`` logger propagating, which hides records from ``caplog``."""
     yield
-    logger.handlers[:] = handlers
-    logger.setLevel(level)
-    logger.propagate = propagate
+    from hf_sparseout import logs
+
+    logs.reset()
 
 
 @pytest.fixture(autouse=True)
