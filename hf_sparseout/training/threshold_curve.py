@@ -37,6 +37,7 @@ from torch.utils.data import DataLoader
 
 from hf_sparseout.logs import get_logger
 from hf_sparseout.metrics.threshold import SparsityCurve
+from hf_sparseout.metrics.threshold_inputs import site_input
 from hf_sparseout.metrics.threshold_quality import FIXED_SPARSITIES, metric_at_sparsity
 from hf_sparseout.metrics.threshold_sites import NAMED_SETS
 from hf_sparseout.training.args import FinetuneArgs, UsageError
@@ -105,7 +106,7 @@ def check_sites(model: nn.Module, args: FinetuneArgs, example: Mapping[str, Any]
     try:
         selected = select_sites(model, sites)
     except ThresholdError as err:
-        raise UsageError(str(err).split(" (hint: ")[0], err.hint) from err
+        raise UsageError(err.message, err.hint) from err
     if example is None:
         return
     unreached = unreached_in_eval(model, selected, example)
@@ -119,11 +120,6 @@ def check_sites(model: nn.Module, args: FinetuneArgs, example: Mapping[str, Any]
         )
 
 
-def _float_input(args: tuple, kwargs: dict) -> bool:
-    x = args[0] if args else kwargs.get("input", kwargs.get("hidden_states"))
-    return isinstance(x, torch.Tensor) and x.is_floating_point() and x.numel() > 0
-
-
 def unreached_in_eval(model: nn.Module, sites: Mapping[str, nn.Module], example: Mapping[str, Any]) -> list[str]:
     """The ``sites`` that one eval-mode, no-grad forward of ``example`` never calls with an activation.
 
@@ -133,7 +129,7 @@ def unreached_in_eval(model: nn.Module, sites: Mapping[str, nn.Module], example:
 
     def hook_for(name: str) -> Any:
         def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
-            if _float_input(args, kwargs):
+            if site_input(args, kwargs) is not None:  # what calibration would see there
                 seen.add(name)
 
         return hook
