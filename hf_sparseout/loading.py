@@ -181,12 +181,10 @@ def load_model(
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
 
     name = resolve_alias(str(name_or_path))
-    check_local_source(name, "model")
+    check_local_source(name, "model")  # an existing file, or a directory without config.json
     check_hub_reachable(name)
-    if Path(name).suffix in (".json",) or (Path(name).exists() and not Path(name).is_dir()):
+    if Path(name).suffix == ".json":  # a config file's name that is not on disk either
         raise ModelNotAvailableError(f"{name!r} is a file", "pass the model's directory (the one holding config.json)")
-    if Path(name).is_dir() and not (Path(name) / "config.json").is_file():
-        raise ModelNotAvailableError(f"{name!r} has no config.json", "pass a directory written by save_pretrained")
     try:
         config = AutoConfig.from_pretrained(name)
     except OSError as err:
